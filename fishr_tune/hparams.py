@@ -1,0 +1,203 @@
+"""Every hyperparameter's default and search distribution, per algorithm and dataset, in one place.
+
+Shared hyperparameters (lr, batch_size, ...) are defined here; an algorithm declares its own in its
+class attribute ``HPARAMS`` (so adding an algorithm stays one file). Random configurations follow DomainBed:
+each name draws from its own ``RandomState(seed_hash(seed, name))``, so a configuration depends only on
+(seed, name) and not on which other hyperparameters exist, and matches DomainBed's values where the
+distributions are the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from fishr_tune.errors import ConfigError
+
+DistKind = Literal["fixed", "uniform", "loguniform", "choice"]
+
+
+@dataclass(frozen=True)
+class Dist:
+    """A search distribution, declarative so it can be sampled here (DomainBed style) or handed to Optuna.
+
+    ``loguniform`` draws ``base ** uniform(low_exp, high_exp)``, exactly as DomainBed writes ``10**r.uniform(a, b)``.
+    ``integer`` truncates the draw with ``int()``, as DomainBed does.
+    """
+
+    kind: DistKind
+    low: float = 0.0
+    high: float = 0.0
+    base: float = 10.0
+    integer: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def sample(self, rng: np.random.RandomState, default: Any) -> Any:
+        if self.kind == "fixed":
+            return default
+        if self.kind == "choice":
+            value = rng.choice(self.choices)
+            return value.item() if hasattr(value, "item") else value
+        if self.kind == "uniform":
+            value = rng.uniform(self.low, self.high)
+        else:
+            value = self.base ** rng.uniform(self.low, self.high)
+        return int(value) if self.integer else float(value)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The value range (for loguniform: base**low_exp .. base**high_exp)."""
+        if self.kind == "loguniform":
+            return self.base**self.low, self.base**self.high
+        return self.low, self.high
+
+    def describe(self) -> str:
+        if self.kind == "fixed":
+            return "fixed"
+        if self.kind == "choice":
+            return f"choice{list(self.choices)}"
+        kind = ("int " if self.integer else "") + self.kind
+        if self.kind == "loguniform":
+            return f"{kind} {self.base:g}^U({self.low:g}, {self.high:g})"
+        return f"{kind} U({self.low:g}, {self.high:g})"
+
+
+def fixed() -> Dist:
+    return Dist("fixed")
+
+
+def uniform(low: float, high: float, integer: bool = False) -> Dist:
+    return Dist("uniform", low, high, integer=integer)
+
+
+def loguniform(low_exp: float, high_exp: float, base: float = 10.0, integer: bool = False) -> Dist:
+    return Dist("loguniform", low_exp, high_exp, base=base, integer=integer)
+
+
+def choice(*options: Any) -> Dist:
+    return Dist("choice", choices=tuple(options))
+
+
+@dataclass(frozen=True)
+class HParam:
+    default: Any
+    dist: Dist = field(default_factory=fixed)
+    doc: str = ""
+
+
+SMALL_IMAGES = ("ColoredMNIST", "RotatedMNIST", "ColoredMNIST-IRM")
+
+# Which featurizer each dataset uses (DomainBed picks by input shape; ColoredMNIST-IRM uses the IRM paper's MLP).
+DEFAULT_FEATURIZER = {"ColoredMNIST-IRM": "mlp", "ColoredMNIST": "mnist_cnn", "RotatedMNIST": "mnist_cnn"}
+FEATURIZERS = ("mlp", "mnist_cnn", "resnet18", "resnet50")
+
+
+def seed_hash(*args: Any) -> int:
+    """DomainBed's seed_hash: an integer in [0, 2**31) from any hashable arguments."""
+    return int(hashlib.md5(str(args).encode("utf-8")).hexdigest(), 16) % (2**31)
+
+
+def _shared_hparams(dataset: str) -> dict[str, HParam]:
+    small = dataset in SMALL_IMAGES
+    space = {
+        "featurizer": HParam(DEFAULT_FEATURIZER.get(dataset, "resnet50"), fixed(), "network body: " + "/".join(FEATURIZERS)),
+        "nonlinear_classifier": HParam(False, fixed(), "3-layer MLP head instead of a linear one"),
+        "resnet_dropout": HParam(0.0, choice(0.0, 0.1, 0.5), "dropout after the ResNet featurizer"),
+        "lr": HParam(1e-3, loguniform(-4.5, -2.5)) if small else HParam(5e-5, loguniform(-5, -3.5)),
+        "weight_decay": HParam(0.0, fixed()) if small else HParam(0.0, loguniform(-6, -2)),
+    }
+    if small:
+        space["batch_size"] = HParam(64, loguniform(3, 9, base=2, integer=True), "per training domain")
+    elif dataset == "DomainNet":
+        space["batch_size"] = HParam(32, loguniform(3, 5, base=2, integer=True), "per training domain")
+    else:
+        space["batch_size"] = HParam(32, loguniform(3, 5.5, base=2, integer=True), "per training domain")
+    if DEFAULT_FEATURIZER.get(dataset) == "mlp":
+        space["hidden_dim"] = HParam(390, fixed(), "MLP featurizer width (IRM's 390)")
+        space["hidden_layers"] = HParam(2, fixed(), "MLP featurizer depth")
+    return space
+
+
+def hparam_space(algorithm: str, dataset: str) -> dict[str, HParam]:
+    """All hyperparameters of (algorithm, dataset) with defaults and distributions."""
+    from fishr_tune.algorithms import get_algorithm_class
+
+    space = _shared_hparams(dataset)
+    for name, spec in get_algorithm_class(algorithm).hparam_space(dataset).items():
+        if name in space:
+            raise RuntimeError(f"algorithm {algorithm} redefines shared hyperparameter {name!r}")
+        space[name] = spec
+    return space
+
+
+def default_hparams(algorithm: str, dataset: str) -> dict[str, Any]:
+    return {name: spec.default for name, spec in hparam_space(algorithm, dataset).items()}
+
+
+def random_hparams(algorithm: str, dataset: str, seed: int) -> dict[str, Any]:
+    return {
+        name: spec.dist.sample(np.random.RandomState(seed_hash(seed, name)), spec.default)
+        for name, spec in hparam_space(algorithm, dataset).items()
+    }
+
+
+def hparams_for_trial(algorithm: str, dataset: str, hparams_seed: int, trial_seed: int) -> dict[str, Any]:
+    """DomainBed's rule: hparams_seed 0 is the default configuration, others are random draws."""
+    if hparams_seed == 0:
+        return default_hparams(algorithm, dataset)
+    return random_hparams(algorithm, dataset, seed_hash(hparams_seed, trial_seed))
+
+
+def _coerce(name: str, value: Any, spec: HParam, where: str) -> Any:
+    default = spec.default
+    expected = type(default)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: hyperparameter {name!r} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{where}: hyperparameter {name!r} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: hyperparameter {name!r} must be a finite number, got {value!r}")
+        return float(value)
+    if spec.dist.kind == "choice" and value not in spec.dist.choices:
+        raise ConfigError(f"{where}: hyperparameter {name!r} must be one of {list(spec.dist.choices)}, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{where}: hyperparameter {name!r} must be a {expected.__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(
+    algorithm: str, dataset: str, base: Mapping[str, Any], overrides: Mapping[str, Any], where: str = "--hparams"
+) -> dict[str, Any]:
+    """Overlay user-given values, rejecting unknown names and wrong types with a message that lists the valid ones."""
+    space = hparam_space(algorithm, dataset)
+    result = dict(base)
+    for name, value in overrides.items():
+        if name not in space:
+            raise ConfigError(
+                f"{where}: unknown hyperparameter {name!r} for {algorithm} on {dataset}; valid: {', '.join(sorted(space))}"
+            )
+        result[name] = _coerce(name, value, space[name], where)
+    if result.get("featurizer") not in FEATURIZERS:
+        raise ConfigError(f"{where}: featurizer must be one of {list(FEATURIZERS)}, got {result.get('featurizer')!r}")
+    return result
+
+
+def parse_hparams_json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--hparams: not valid JSON ({error.msg} at column {error.colno})") from error
+    if not isinstance(value, dict):
+        raise ConfigError(f"--hparams: expected a JSON object like '{{\"lr\": 0.001}}', got {text!r}")
+    return value

@@ -1,0 +1,372 @@
+"""The DomainBed training loop: one minibatch per training domain per step, evaluation of every split at each
+checkpoint, records written as they are produced, and checkpoints that resume bit-for-bit."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fishr_tune import records
+from fishr_tune.algorithms import Algorithm, get_algorithm_class
+from fishr_tune.data import DATASET_ENVIRONMENTS, MultiDomainDataset, check_test_envs, get_dataset, holdout_split
+from fishr_tune.errors import ConfigError
+from fishr_tune.hparams import apply_overrides, hparams_for_trial
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CONFIG_FILE = "config.yaml"
+DONE_FILE = "done"
+EVAL_BATCH_SIZE = 2048
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: the run cannot continue (a sweep marks the trial failed with this reason)."""
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run; `fishr-tune train --config` reads it from YAML."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = "ColoredMNIST-IRM"
+    algorithm: str = "ERM"
+    test_envs: list[int] = Field(default_factory=lambda: [2])
+    hparams: dict[str, Any] = Field(default_factory=dict, description="overrides of the registry's values")
+    hparams_seed: int = Field(0, ge=0, description="0: the defaults; otherwise a random configuration")
+    trial_seed: int = Field(0, ge=0, description="seeds the data and the in/out splits")
+    seed: int = Field(0, ge=0, description="seeds initialization and minibatch sampling")
+    steps: int | None = Field(None, gt=0, description="default: the dataset's (DomainBed: 5001)")
+    checkpoint_freq: int | None = Field(None, gt=0, description="default: the dataset's (DomainBed: 100 for MNIST)")
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    label_noise: float | None = Field(None, ge=0.0, le=1.0, description="Colored MNIST only; default 0.25")
+    data_dir: str | None = None
+    download: bool = False
+    output_dir: str | None = None
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    def resolved_hparams(self) -> dict[str, Any]:
+        base = hparams_for_trial(self.algorithm, self.dataset, self.hparams_seed, self.trial_seed)
+        return apply_overrides(self.algorithm, self.dataset, base, self.hparams)
+
+    def check(self) -> None:
+        """Every name and range, before any data is loaded."""
+        get_algorithm_class(self.algorithm)
+        check_test_envs(self.dataset, self.test_envs)
+        self.resolved_hparams()
+
+    def default_output_dir(self) -> str:
+        envs = "-".join(str(e) for e in self.test_envs)
+        return os.path.join(
+            "runs", f"{self.dataset}_{self.algorithm}_te{envs}_hs{self.hparams_seed}_ts{self.trial_seed}_s{self.seed}"
+        )
+
+
+def format_validation_error(error: ValidationError, where: str) -> ConfigError:
+    first = error.errors()[0]
+    path = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        valid = ", ".join(TrainConfig.model_fields)
+        return ConfigError(f"{where}: unknown key {path!r}; valid keys: {valid}")
+    return ConfigError(f"{where}: key {path!r}: {first['msg']} (got {first.get('input')!r})")
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from error
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    return data
+
+
+def make_config(values: Mapping[str, Any], where: str) -> TrainConfig:
+    try:
+        config = TrainConfig(**values)
+    except ValidationError as error:
+        raise format_validation_error(error, where) from None
+    config.check()
+    return config
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def accuracy(algorithm: Algorithm, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction correct; a single-logit head predicts class 1 when its logit is positive (as DomainBed)."""
+    if len(y) == 0:
+        return float("nan")
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(y), EVAL_BATCH_SIZE):
+            logits = algorithm.predict(x[start : start + EVAL_BATCH_SIZE])
+            target = y[start : start + EVAL_BATCH_SIZE]
+            if logits.shape[1] == 1:
+                predicted = (logits[:, 0] > 0).long()
+            else:
+                predicted = logits.argmax(dim=1)
+            correct += int((predicted == target).sum())
+    return correct / len(y)
+
+
+def _rng_state() -> dict[str, Any]:
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Owns one run: the splits, the algorithm, the sampler and the running means since the last record."""
+
+    def __init__(self, config: TrainConfig, dataset: MultiDomainDataset | None = None, device: torch.device | None = None):
+        self.config = config
+        self.hparams = config.resolved_hparams()
+        self.device = device or resolve_device(config.device)
+        if dataset is None:
+            dataset = get_dataset(
+                config.dataset, data_dir=config.data_dir, download=config.download,
+                seed=config.trial_seed, label_noise=config.label_noise,
+            )
+        self.dataset = dataset
+        self.steps = config.steps or dataset.n_steps
+        self.checkpoint_freq = config.checkpoint_freq or dataset.checkpoint_freq
+        self.test_envs = sorted(set(config.test_envs))
+        self.train_envs = [i for i in range(len(DATASET_ENVIRONMENTS[config.dataset])) if i not in self.test_envs]
+        self.splits: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        for i, env in enumerate(dataset.environments):
+            in_idx, out_idx = holdout_split(len(env), config.holdout_fraction, config.trial_seed, i)
+            x, y = env.x.to(self.device), env.y.to(self.device)
+            self.splits[i] = {"in": (x[in_idx], y[in_idx]), "out": (x[out_idx], y[out_idx])}
+        for i in self.train_envs:
+            if len(self.splits[i]["in"][1]) == 0:
+                raise ConfigError(f"environment {i} of {config.dataset} has no training examples")
+        seed_everything(config.seed)
+        algorithm_class = get_algorithm_class(config.algorithm)
+        self.algorithm = algorithm_class(dataset.input_shape, dataset.num_classes, len(self.train_envs), self.hparams)
+        self.algorithm.to(self.device)
+        self.sampler = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self._sums: dict[str, float] = defaultdict(float)
+        self._count = 0
+        self._time = 0.0
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return {
+            "dataset": self.config.dataset,
+            "algorithm": self.config.algorithm,
+            "test_envs": self.test_envs,
+            "trial_seed": self.config.trial_seed,
+            "hparams_seed": self.config.hparams_seed,
+            "seed": self.config.seed,
+            "holdout_fraction": self.config.holdout_fraction,
+            "steps": self.steps,
+            "checkpoint_freq": self.checkpoint_freq,
+            "label_noise": self.dataset.info.get("label_noise"),
+            "data_source": self.dataset.source,
+        }
+
+    @property
+    def steps_per_epoch(self) -> float:
+        return min(len(self.splits[i]["in"][1]) for i in self.train_envs) / self.hparams["batch_size"]
+
+    def minibatches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One minibatch per training domain, drawn with replacement (as DomainBed's InfiniteDataLoader)."""
+        batch = []
+        for i in self.train_envs:
+            x, y = self.splits[i]["in"]
+            idx = torch.randint(len(y), (self.hparams["batch_size"],), generator=self.sampler).to(self.device)
+            batch.append((x[idx], y[idx]))
+        return batch
+
+    def train_step(self) -> dict[str, float]:
+        start = time.perf_counter()
+        self.algorithm.train()
+        results = self.algorithm.update(self.minibatches())
+        self._time += time.perf_counter() - start
+        for key, value in results.items():
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"{key} became {value} at step {self.step}")
+            self._sums[key] += value
+        self._count += 1
+        self.step += 1
+        return results
+
+    def evaluate(self) -> dict[int, dict[str, float]]:
+        self.algorithm.eval()
+        result = {i: {split: accuracy(self.algorithm, *self.splits[i][split]) for split in ("in", "out")} for i in self.splits}
+        self.algorithm.train()
+        return result
+
+    def is_checkpoint_step(self, step: int) -> bool:
+        return step % self.checkpoint_freq == 0 or step == self.steps - 1
+
+    def make_record(self) -> dict[str, Any]:
+        """A record of the step just taken; the running means start again after it."""
+        count = max(self._count, 1)
+        record = records.make_record(
+            step=self.step - 1,
+            epoch=self.step / self.steps_per_epoch,
+            losses={k: v / count for k, v in self._sums.items()},
+            step_time=self._time / count,
+            accuracies=self.evaluate(),
+            hparams=self.hparams,
+            args=self.args,
+        )
+        record[records.VAL_ACC] = records.validation_accuracy(record)
+        self._sums.clear()
+        self._count = 0
+        self._time = 0.0
+        return record
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Train until `steps`, yielding a record at every checkpoint step (the caller may checkpoint then)."""
+        while self.step < self.steps:
+            self.train_step()
+            if self.is_checkpoint_step(self.step - 1):
+                yield self.make_record()
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.steps
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "algorithm": self.algorithm.state_dict(),
+            "sampler": self.sampler.get_state(),
+            "rng": _rng_state(),
+            "sums": dict(self._sums),
+            "count": self._count,
+            "time": self._time,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.sampler.set_state(state["sampler"])
+        _set_rng_state(state["rng"])
+        self._sums = defaultdict(float, state["sums"])
+        self._count = int(state["count"])
+        self._time = float(state["time"])
+
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Atomic: a crash mid-write leaves the previous checkpoint intact."""
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+
+MACHINE_SETTINGS = ("output_dir", "device", "data_dir", "download")
+
+
+def saved_settings(config: TrainConfig) -> dict[str, Any]:
+    """The config with hyperparameters fully resolved: `fishr-tune train --config` reruns it as is."""
+    return config.model_copy(update={"hparams": config.resolved_hparams()}).model_dump()
+
+
+def prepare_output_dir(config: TrainConfig, output_dir: Path, resume: bool) -> list[dict[str, Any]]:
+    """Refuse to mix two runs in one directory; on resume, return the records to keep."""
+    results = output_dir / records.RESULTS_FILE
+    saved_config = output_dir / CONFIG_FILE
+    if not results.exists() and not (output_dir / CHECKPOINT_FILE).exists():
+        return []
+    if not resume:
+        raise ConfigError(
+            f"--output-dir {output_dir} already holds a run; pass --resume to continue it, or choose another --output-dir"
+        )
+    if saved_config.exists():
+        previous = yaml.safe_load(saved_config.read_text(encoding="utf-8")) or {}
+        mine = {k: v for k, v in saved_settings(config).items() if k not in MACHINE_SETTINGS}
+        theirs = {k: previous.get(k) for k in mine}
+        if theirs != mine:
+            changed = sorted(k for k in mine if theirs[k] != mine[k])
+            raise ConfigError(
+                f"--resume: the run in {output_dir} was started with different settings ({', '.join(changed)})"
+            )
+    return records.read(results) if results.exists() else []
+
+
+def run_training(
+    config: TrainConfig,
+    resume: bool = False,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_dataset: Callable[[MultiDomainDataset], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train with records and checkpoints in the output directory; returns every record of the run."""
+    output_dir = Path(config.output_dir or config.default_output_dir())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    kept = prepare_output_dir(config, output_dir, resume)
+    trainer = Trainer(config)
+    if on_dataset is not None:
+        on_dataset(trainer.dataset)
+    checkpoint = output_dir / CHECKPOINT_FILE
+    results = output_dir / records.RESULTS_FILE
+    if resume and checkpoint.exists():
+        trainer.load_checkpoint(checkpoint)
+        kept = [r for r in kept if r[records.STEP] < trainer.step]
+        records.rewrite(results, kept)
+    else:
+        kept = []
+        if results.exists():
+            results.unlink()
+    (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(saved_settings(config), sort_keys=False), encoding="utf-8")
+    produced = list(kept)
+    for record in trainer.records():
+        records.append(results, record)
+        trainer.save_checkpoint(checkpoint)
+        produced.append(record)
+        if on_record is not None:
+            on_record(record)
+    (output_dir / DONE_FILE).write_text("done\n", encoding="utf-8")
+    return produced
