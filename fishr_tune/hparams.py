@@ -89,6 +89,7 @@ class HParam:
     default: Any
     dist: Dist = field(default_factory=fixed)
     doc: str = ""
+    valid: tuple[Any, ...] = ()  # accepted values when they are a closed set (checked on overrides, never sampled)
 
 
 SMALL_IMAGES = ("ColoredMNIST", "RotatedMNIST", "ColoredMNIST-IRM")
@@ -101,6 +102,23 @@ FEATURIZERS = ("mlp", "mnist_cnn", "resnet18", "resnet50")
 def seed_hash(*args: Any) -> int:
     """DomainBed's seed_hash: an integer in [0, 2**31) from any hashable arguments."""
     return int(hashlib.md5(str(args).encode("utf-8")).hexdigest(), 16) % (2**31)
+
+
+AMP_MODES = ("off", "bf16")
+
+
+def image_hparams() -> dict[str, HParam]:
+    """Settings of the image datasets' input pipeline and ResNet (DomainBed's data_augmentation plus ours)."""
+    return {
+        "data_augmentation": HParam(True, fixed(), "DomainBed's training augmentation (random crop, flip, colour jitter, gray)"),
+        "image_size": HParam(224, fixed(), "side of the square network input (DomainBed: 224; smaller for CPU tests)"),
+        "resnet_weights": HParam(
+            "auto", fixed(),
+            "ImageNet weights: auto (torch hub cache, else random init with a warning), imagenet (cache, required), "
+            "none (random init), or a path to a torchvision state_dict file",
+        ),
+        "amp": HParam("off", fixed(), "mixed precision of the featurizer on CUDA: off or bf16", valid=AMP_MODES),
+    }
 
 
 def _shared_hparams(dataset: str) -> dict[str, HParam]:
@@ -118,6 +136,8 @@ def _shared_hparams(dataset: str) -> dict[str, HParam]:
         space["batch_size"] = HParam(32, loguniform(3, 5, base=2, integer=True), "per training domain")
     else:
         space["batch_size"] = HParam(32, loguniform(3, 5.5, base=2, integer=True), "per training domain")
+    if not small:
+        space.update(image_hparams())
     if DEFAULT_FEATURIZER.get(dataset) == "mlp":
         space["hidden_dim"] = HParam(390, fixed(), "MLP featurizer width (IRM's 390)")
         space["hidden_layers"] = HParam(2, fixed(), "MLP featurizer depth")
@@ -169,6 +189,8 @@ def _coerce(name: str, value: Any, spec: HParam, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{where}: hyperparameter {name!r} must be a finite number, got {value!r}")
         return float(value)
+    if spec.valid and value not in spec.valid:
+        raise ConfigError(f"{where}: hyperparameter {name!r} must be one of {list(spec.valid)}, got {value!r}")
     if spec.dist.kind == "choice" and value not in spec.dist.choices:
         raise ConfigError(f"{where}: hyperparameter {name!r} must be one of {list(spec.dist.choices)}, got {value!r}")
     if not isinstance(value, expected):

@@ -1,0 +1,220 @@
+"""The Table 2 reproduction: the loop's penalties against hand computations, the table, the CLI, Ray execution."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from fishr_tune import reproduce as rep
+from fishr_tune.cli import main
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, ["reproduce", "colored-mnist-irm", *args], catch_exceptions=False)
+
+
+@pytest.fixture
+def small_problem() -> tuple[rep.IrmMLP, list[torch.Tensor], list[torch.Tensor]]:
+    """A small single-logit MLP and two environments of different sizes, both labels present in each."""
+    torch.manual_seed(3)
+    model = rep.IrmMLP(n_inputs=6, hidden_dim=5)
+    envs_x = [torch.randn(7, 6), torch.randn(9, 6)]
+    envs_y = [torch.tensor([0, 1, 1, 0, 1, 0, 0]), torch.tensor([1, 1, 0, 1, 0, 0, 1, 0, 1])]
+    return model, envs_x, envs_y
+
+
+def _hand_bce(logit: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logit)
+    y = label.to(logit.dtype)
+    return -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
+
+
+def _hand_fishr(model: rep.IrmMLP, envs_x: list[torch.Tensor], envs_y: list[torch.Tensor]) -> torch.Tensor:
+    """Per-sample head gradients materialized one sample at a time by autograd, then the script's reduction."""
+    head = model.classifier
+    variances = []
+    for x, y in zip(envs_x, envs_y):
+        rows = []
+        for i in range(len(y)):
+            feature = model.body(x[i : i + 1])
+            loss = _hand_bce(head(feature).reshape(()), y[i])
+            grads = torch.autograd.grad(loss, [head.weight, head.bias], create_graph=True)
+            rows.append(torch.cat([g.reshape(-1) for g in grads]))
+        per_sample = torch.stack(rows)
+        centred = per_sample - per_sample.mean(dim=0, keepdim=True)
+        variances.append(centred.pow(2).mean(dim=0))
+    average = (variances[0] + variances[1]) / 2
+    return sum(((v - average) ** 2).sum() for v in variances)
+
+
+def _hand_irm(model: rep.IrmMLP, envs_x: list[torch.Tensor], envs_y: list[torch.Tensor]) -> torch.Tensor:
+    """d/ds mean BCE(s * logit) at s = 1 is mean((sigmoid(logit) - y) * logit); squared, averaged over envs."""
+    penalties = []
+    for x, y in zip(envs_x, envs_y):
+        logits = model(x)[1].reshape(-1)
+        penalties.append(((torch.sigmoid(logits) - y.float()) * logits).mean() ** 2)
+    return (penalties[0] + penalties[1]) / 2
+
+
+def _hand_vrex(model: rep.IrmMLP, envs_x: list[torch.Tensor], envs_y: list[torch.Tensor]) -> torch.Tensor:
+    nlls = [_hand_bce(model(x)[1].reshape(-1), y).mean() for x, y in zip(envs_x, envs_y)]
+    return (nlls[0] - nlls[1]) ** 2
+
+
+HAND_PENALTIES = {"IRM": _hand_irm, "VREx": _hand_vrex, "Fishr": _hand_fishr}
+
+
+def test_fishr_penalty_and_its_gradient_match_materialized_per_sample_gradients(small_problem) -> None:
+    model, envs_x, envs_y = small_problem
+    features, logits = model(torch.cat(envs_x))
+    ours = rep.fishr_penalty(model.classifier, features, torch.cat(envs_y), [7, 9], logits=logits)
+    hand = _hand_fishr(model, envs_x, envs_y)
+    assert hand.item() > 0
+    torch.testing.assert_close(ours, hand, rtol=1e-5, atol=1e-10)
+    # The penalty trains the featurizer: its gradient wrt the body must match the hand computation's too.
+    body = list(model.body.parameters())
+    for g_ours, g_hand in zip(torch.autograd.grad(ours, body), torch.autograd.grad(hand, body)):
+        torch.testing.assert_close(g_ours, g_hand, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("algorithm", ["IRM", "VREx", "Fishr"])
+@pytest.mark.parametrize("step", [0, 189, 190, 400])
+def test_loop_objective_matches_hand_computation(small_problem, algorithm: str, step: int) -> None:
+    """loss = mean env NLL + l2 * ||w||^2 + weight * penalty, divided by the weight once it is annealed in."""
+    model, envs_x, envs_y = small_problem
+    config = rep.ScriptConfig()
+    out = rep.training_loss(algorithm, model, envs_x, envs_y, step, config)
+    penalty = HAND_PENALTIES[algorithm](model, envs_x, envs_y)
+    assert out.penalty == pytest.approx(penalty.item(), rel=1e-5, abs=1e-12)
+    nll = torch.stack([_hand_bce(model(x)[1].reshape(-1), y).mean() for x, y in zip(envs_x, envs_y)]).mean()
+    l2 = sum(p.pow(2).sum() for p in model.parameters())
+    weight = 91257.18613115903 if step >= 190 else 1.0
+    expected = nll + 0.00110794568 * l2 + weight * penalty
+    if weight > 1:
+        expected = expected / weight
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-9)
+    assert out.train_nll == pytest.approx(nll.item(), rel=1e-6)
+
+
+def test_erm_objective_has_no_penalty(small_problem) -> None:
+    model, envs_x, envs_y = small_problem
+    out = rep.training_loss("ERM", model, envs_x, envs_y, 300, rep.ScriptConfig())
+    nll = torch.stack([F.binary_cross_entropy_with_logits(model(x)[1].reshape(-1), y.float()) for x, y in zip(envs_x, envs_y)]).mean()
+    l2 = sum(p.pow(2).sum() for p in model.parameters())
+    torch.testing.assert_close(out.loss, nll + 0.00110794568 * l2)
+    assert out.penalty == 0.0
+
+
+def test_model_is_the_scripts_mlp() -> None:
+    model = rep.IrmMLP()
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    assert shapes == [(390, 392), (390,), (390, 390), (390,), (1, 390), (1,)]
+    assert all(not p.detach().any() for name, p in model.named_parameters() if name.endswith("bias"))
+
+
+def test_tiny_run_prints_table_with_papers_numbers_and_saves_json(tmp_path: Path, monkeypatch) -> None:
+    builds: list[int] = []
+    real_build = rep.build_restart_dataset
+
+    def counting_build(seed, data_dir, label_noise):
+        builds.append(seed)
+        return real_build(seed, data_dir, label_noise)
+
+    monkeypatch.setattr(rep, "build_restart_dataset", counting_build)
+    output = tmp_path / "out" / "table2.json"
+    result = _invoke("--algorithms", "ERM,fishr", "--restarts", "1", "--steps", "10", "--no-ray",
+                     "--output", str(output))
+    assert result.exit_code == 0, result.output
+    assert "embedded default" in result.output and "env2 '-90%'" in result.output
+    assert "[2/2] Fishr restart 0" in result.output
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Algorithm"))
+    header, erm_row, fishr_row = lines[start], lines[start + 2], lines[start + 3]
+    for column in ("Train acc", "Train (paper)", "Test acc", "Test (paper)", "Δ test", "Gray test acc", "Gray (paper)"):
+        assert column in header
+    assert erm_row.startswith("ERM ") and fishr_row.startswith("Fishr ")
+    assert "86.4 ± 0.2" in erm_row and "14.0 ± 0.7" in erm_row and "71.0 ± 0.7" in erm_row
+    assert "71.0 ± 0.9" in fishr_row and "69.5 ± 1.0" in fishr_row and "70.2 ± 1.1" in fishr_row
+    assert "10 steps" in result.output  # the comparison is flagged as not at the paper's settings
+    assert builds == [0]  # one dataset for the restart, shared by both algorithms
+
+    saved = json.loads(output.read_text())
+    assert saved["complete"] and saved["algorithms"] == ["ERM", "Fishr"]
+    assert [(r["algorithm"], r["restart"]) for r in saved["results"]] == [("ERM", 0), ("Fishr", 0)]
+    for r in saved["results"]:
+        for metric in rep.METRICS:
+            assert 0.0 <= r[metric] <= 1.0
+        assert r["history"][-1]["step"] == 9
+    # Same data and initialization for both algorithms; the penalty weight is 1 before step 190, so after 10
+    # steps the runs are close but not identical (the Fishr penalty did move the weights).
+    erm, fishr = saved["results"]
+    assert erm["history"][0]["train_nll"] == pytest.approx(fishr["history"][0]["train_nll"])
+    assert erm["history"][-1]["train_nll"] != fishr["history"][-1]["train_nll"]
+    summary = saved["summary_percent"]["ERM"]["test_acc"]
+    assert summary["mean"] == pytest.approx(100 * erm["test_acc"]) and summary["std"] == 0.0
+    assert saved["paper_percent"]["Fishr"]["test_acc"] == {"mean": 69.5, "std": 1.0}
+
+
+def test_label_noise_other_than_table2_hides_papers_numbers_and_partial_saves_are_valid_json() -> None:
+    config = rep.ScriptConfig(steps=2, label_noise=0.0)
+    snapshots: list[str] = []
+    reproduction = rep.run_reproduction(
+        ["VREx", "ERM"], 2, config, seed=1, use_ray=False,
+        on_result=lambda result, done, total, so_far: snapshots.append(json.dumps(so_far.to_json(), allow_nan=False)),
+    )
+    text = rep.format_markdown(reproduction)
+    row = next(line for line in text.splitlines() if line.startswith("| VREx"))
+    assert "n/a" in row and "67.2" not in row
+    assert "Label noise 0" in text
+    assert [(r.algorithm, r.seed) for r in reproduction.results] == [("VREx", 1000), ("VREx", 1001), ("ERM", 1000), ("ERM", 1001)]
+    first = json.loads(snapshots[0])
+    assert not first["complete"] and list(first["summary_percent"]) == ["VREx"]
+    assert json.loads(snapshots[-1])["summary_percent"]["ERM"]["test_acc"]["n"] == 2
+    assert reproduction.complete
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--algorithms", "ERM,Foo"], "unknown algorithm 'Foo'; valid algorithms: ERM, Fishr, IRM, VREx"),
+        (["--restarts", "0"], "--restarts"),
+        (["--label-noise", "1.5"], "--label-noise"),
+        (["--steps", "0"], "--steps"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:
+    result = _invoke(*args, "--no-ray")
+    assert result.exit_code == 2
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_through_local_ray_matches_in_process(tmp_path: Path, monkeypatch) -> None:
+    """A local Ray (HOME and RAY_TMPDIR isolated for the session by tests/conftest.py): same seeds give the same
+    numbers as in-process."""
+    import ray
+
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)  # restored (unset) after the test
+    config = rep.ScriptConfig(steps=3)
+    seen: list[int] = []
+    try:
+        on_ray = rep.run_reproduction(["ERM", "VREx"], 2, config, use_ray=True, cpus_per_restart=1,
+                                      on_result=lambda result, done, total, so_far: seen.append(done))
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert not ray.is_initialized()  # the run shuts down the Ray it started
+    assert os.environ["RAY_worker_niceness"] == "0"  # local workers are not reniced to +15
+    assert seen == [1, 2, 3, 4]
+    in_process = rep.run_reproduction(["ERM", "VREx"], 2, config, use_ray=False, cpus_per_restart=1)
+    assert on_ray.executor.startswith("ray (local")
+    for a, b in zip(on_ray.results, in_process.results):
+        assert (a.algorithm, a.restart) == (b.algorithm, b.restart)
+        assert a.history[-1]["train_nll"] == pytest.approx(b.history[-1]["train_nll"], rel=1e-5)
+        assert a.test_acc == b.test_acc
