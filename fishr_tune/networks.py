@@ -67,25 +67,71 @@ def cached_weights_file(arch: str) -> Path | None:
     return path if path.exists() else None
 
 
-class ResNet(nn.Module):
-    """A torchvision ResNet without its fc layer; BatchNorm stays frozen in train mode (as DomainBed and Fishr)."""
+WEIGHTS_KEYWORDS = ("auto", "imagenet", "none")
+AUTOCAST_DTYPES = {"off": None, "bf16": torch.bfloat16}
 
-    def __init__(self, input_shape: tuple[int, ...], arch: str, dropout: float = 0.0, weights_file: str | None = None):
+
+def resolve_resnet_weights(arch: str, weights: str | None) -> Path | None:
+    """The checkpoint to load for `weights` (auto / imagenet / none / a file), or None for random initialisation.
+
+    `auto` is the forgiving default (a warning when the cache lacks the file); `imagenet` and a path are explicit
+    requests, so their absence is an error rather than a silently different experiment.
+    """
+    if weights in (None, "", "auto"):
+        path = cached_weights_file(arch)
+        if path is None:
+            warnings.warn(
+                f"no ImageNet weights for {arch} in {torch.hub.get_dir()}/checkpoints: the featurizer starts from "
+                "random initialisation, which is not DomainBed's protocol (hyperparameter resnet_weights: "
+                "'none' silences this, a file path or 'imagenet' makes it an error)",
+                stacklevel=3,
+            )
+        return path
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        path = cached_weights_file(arch)
+        if path is None:
+            from torchvision import models
+
+            url = {"resnet18": models.ResNet18_Weights, "resnet50": models.ResNet50_Weights}[arch].IMAGENET1K_V1.url
+            raise ConfigError(
+                f"hyperparameter resnet_weights: 'imagenet' asks for {arch}'s ImageNet weights, but "
+                f"{torch.hub.get_dir()}/checkpoints/{Path(url).name} does not exist; download {url} there "
+                "(or set $TORCH_HOME), or give the file's path as resnet_weights"
+            )
+        return path
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"hyperparameter resnet_weights: ResNet weights file {weights} does not exist")
+    return path
+
+
+class ResNet(nn.Module):
+    """A torchvision ResNet without its fc layer; BatchNorm stays frozen in train mode (as DomainBed and Fishr).
+
+    With `amp` ("bf16") the body runs under CUDA autocast and hands float32 features on: the head, the losses and
+    every penalty (Fishr's gradient variances included) stay in float32, where their small differences survive.
+    """
+
+    def __init__(
+        self, input_shape: tuple[int, ...], arch: str, dropout: float = 0.0, weights_file: str | None = None, amp: str = "off"
+    ):
         super().__init__()
         import torchvision.models as models
 
+        if amp not in AUTOCAST_DTYPES:
+            raise ConfigError(f"hyperparameter amp: expected one of {list(AUTOCAST_DTYPES)}, got {amp!r}")
+        self.autocast_dtype = AUTOCAST_DTYPES[amp]
         network = getattr(models, arch)(weights=None)
-        path = Path(weights_file) if weights_file else cached_weights_file(arch)
-        if weights_file and not Path(weights_file).exists():
-            raise ConfigError(f"ResNet weights file {weights_file} does not exist")
+        path = resolve_resnet_weights(arch, weights_file)
         if path is not None:
-            network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        else:
-            warnings.warn(
-                f"no ImageNet weights for {arch} in {torch.hub.get_dir()}/checkpoints: the featurizer starts from "
-                "random initialisation, which is not DomainBed's protocol",
-                stacklevel=2,
-            )
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                network.load_state_dict(state)
+            except (RuntimeError, OSError, ValueError) as error:
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise ConfigError(f"ResNet weights file {path} does not hold torchvision {arch} weights ({first})") from None
         if input_shape[0] != 3:
             old = network.conv1.weight.data
             network.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -98,6 +144,10 @@ class ResNet(nn.Module):
         self.freeze_bn()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.autocast_dtype is not None and x.is_cuda:
+            with torch.autocast(device_type="cuda", dtype=self.autocast_dtype):
+                features = self.network(x)
+            return self.dropout(features.float())
         return self.dropout(self.network(x))
 
     def train(self, mode: bool = True) -> "ResNet":
@@ -122,7 +172,9 @@ def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any]) -> nn.M
     if kind == "mnist_cnn":
         return MNIST_CNN(input_shape)
     if kind in ("resnet18", "resnet50"):
-        return ResNet(input_shape, kind, hparams.get("resnet_dropout", 0.0), hparams.get("resnet_weights"))
+        return ResNet(
+            input_shape, kind, hparams.get("resnet_dropout", 0.0), hparams.get("resnet_weights"), hparams.get("amp", "off")
+        )
     raise ConfigError(f"unknown featurizer {kind!r}; valid: mlp, mnist_cnn, resnet18, resnet50")
 
 

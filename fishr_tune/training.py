@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fishr_tune import records
 from fishr_tune.algorithms import Algorithm, get_algorithm_class
 from fishr_tune.data import DATASET_ENVIRONMENTS, MultiDomainDataset, check_test_envs, get_dataset, holdout_split
+from fishr_tune.data.loaders import FileBackedSplits
 from fishr_tune.errors import ConfigError
 from fishr_tune.hparams import apply_overrides, hparams_for_trial
 
@@ -53,6 +54,9 @@ class TrainConfig(BaseModel):
     download: bool = False
     output_dir: str | None = None
     device: str = "auto"
+    num_workers: int | None = Field(
+        None, ge=0, description="image datasets: DataLoader worker processes (default: the CPUs available less one, at most 8)"
+    )
 
     @field_validator("device")
     @classmethod
@@ -120,21 +124,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def predicted_labels(logits: torch.Tensor) -> torch.Tensor:
+    """A single-logit head predicts class 1 when its logit is positive (as DomainBed); otherwise the argmax."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(dim=1)
+
+
 def accuracy(algorithm: Algorithm, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction correct; a single-logit head predicts class 1 when its logit is positive (as DomainBed)."""
+    """Fraction correct."""
     if len(y) == 0:
         return float("nan")
     correct = 0
     with torch.no_grad():
         for start in range(0, len(y), EVAL_BATCH_SIZE):
-            logits = algorithm.predict(x[start : start + EVAL_BATCH_SIZE])
+            predicted = predicted_labels(algorithm.predict(x[start : start + EVAL_BATCH_SIZE]))
             target = y[start : start + EVAL_BATCH_SIZE]
-            if logits.shape[1] == 1:
-                predicted = (logits[:, 0] > 0).long()
-            else:
-                predicted = logits.argmax(dim=1)
             correct += int((predicted == target).sum())
     return correct / len(y)
+
+
+def check_amp(hparams: Mapping[str, Any], device: torch.device) -> None:
+    """Mixed precision is a CUDA feature here: asking for it on the CPU is refused, not silently ignored."""
+    amp = hparams.get("amp", "off")
+    if amp != "off" and device.type != "cuda":
+        raise ConfigError(
+            f"hyperparameter amp: {amp!r} needs a CUDA device, but this run is on {device.type}; set amp to 'off' "
+            "or train with --device cuda"
+        )
 
 
 def _rng_state() -> dict[str, Any]:
@@ -162,7 +179,12 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """Owns one run: the splits, the algorithm, the sampler and the running means since the last record."""
+    """Owns one run: the splits, the algorithm, the sampler and the running means since the last record.
+
+    Two data paths, chosen by the dataset: in-memory tensors (MNIST datasets; `splits` holds them on the device and
+    `sampler` draws the minibatches) or files read by DataLoaders (image datasets; `file_splits`, a
+    `fishr_tune.data.loaders.FileBackedSplits`, whose position is part of the checkpoint).
+    """
 
     def __init__(self, config: TrainConfig, dataset: MultiDomainDataset | None = None, device: torch.device | None = None):
         self.config = config
@@ -179,16 +201,30 @@ class Trainer:
         self.test_envs = sorted(set(config.test_envs))
         self.train_envs = [i for i in range(len(DATASET_ENVIRONMENTS[config.dataset])) if i not in self.test_envs]
         self.splits: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
-        for i, env in enumerate(dataset.environments):
-            in_idx, out_idx = holdout_split(len(env), config.holdout_fraction, config.trial_seed, i)
-            x, y = env.x.to(self.device), env.y.to(self.device)
-            self.splits[i] = {"in": (x[in_idx], y[in_idx]), "out": (x[out_idx], y[out_idx])}
+        self.file_splits: FileBackedSplits | None = None
+        input_shape = dataset.input_shape
+        if dataset.file_backed:
+            check_amp(self.hparams, self.device)
+            split_indices = {}
+            for i, env in enumerate(dataset.environments):
+                in_idx, out_idx = holdout_split(len(env), config.holdout_fraction, config.trial_seed, i)
+                split_indices[i] = {"in": in_idx, "out": out_idx}
+            self.file_splits = FileBackedSplits(
+                dataset.environments, split_indices, self.train_envs, self.hparams, self.device, config.seed,
+                config.num_workers,
+            )
+            input_shape = (input_shape[0], self.hparams["image_size"], self.hparams["image_size"])
+        else:
+            for i, env in enumerate(dataset.environments):
+                in_idx, out_idx = holdout_split(len(env), config.holdout_fraction, config.trial_seed, i)
+                x, y = env.x.to(self.device), env.y.to(self.device)
+                self.splits[i] = {"in": (x[in_idx], y[in_idx]), "out": (x[out_idx], y[out_idx])}
         for i in self.train_envs:
-            if len(self.splits[i]["in"][1]) == 0:
+            if self.split_size(i, "in") == 0:
                 raise ConfigError(f"environment {i} of {config.dataset} has no training examples")
         seed_everything(config.seed)
         algorithm_class = get_algorithm_class(config.algorithm)
-        self.algorithm = algorithm_class(dataset.input_shape, dataset.num_classes, len(self.train_envs), self.hparams)
+        self.algorithm = algorithm_class(input_shape, dataset.num_classes, len(self.train_envs), self.hparams)
         self.algorithm.to(self.device)
         self.sampler = torch.Generator().manual_seed(config.seed)
         self.step = 0
@@ -212,12 +248,19 @@ class Trainer:
             "data_source": self.dataset.source,
         }
 
+    def split_size(self, env: int, split: str) -> int:
+        if self.file_splits is not None:
+            return self.file_splits.split_size(env, split)
+        return len(self.splits[env][split][1])
+
     @property
     def steps_per_epoch(self) -> float:
-        return min(len(self.splits[i]["in"][1]) for i in self.train_envs) / self.hparams["batch_size"]
+        return min(self.split_size(i, "in") for i in self.train_envs) / self.hparams["batch_size"]
 
     def minibatches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One minibatch per training domain, drawn with replacement (as DomainBed's InfiniteDataLoader)."""
+        if self.file_splits is not None:
+            return self.file_splits.minibatches()
         batch = []
         for i in self.train_envs:
             x, y = self.splits[i]["in"]
@@ -240,7 +283,10 @@ class Trainer:
 
     def evaluate(self) -> dict[int, dict[str, float]]:
         self.algorithm.eval()
-        result = {i: {split: accuracy(self.algorithm, *self.splits[i][split]) for split in ("in", "out")} for i in self.splits}
+        if self.file_splits is not None:
+            result = self.file_splits.evaluate(lambda x: predicted_labels(self.algorithm.predict(x)))
+        else:
+            result = {i: {split: accuracy(self.algorithm, *self.splits[i][split]) for split in ("in", "out")} for i in self.splits}
         self.algorithm.train()
         return result
 
@@ -277,7 +323,7 @@ class Trainer:
         return self.step >= self.steps
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "step": self.step,
             "algorithm": self.algorithm.state_dict(),
             "sampler": self.sampler.get_state(),
@@ -286,6 +332,9 @@ class Trainer:
             "count": self._count,
             "time": self._time,
         }
+        if self.file_splits is not None:
+            state["file_splits"] = self.file_splits.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
@@ -295,6 +344,13 @@ class Trainer:
         self._sums = defaultdict(float, state["sums"])
         self._count = int(state["count"])
         self._time = float(state["time"])
+        if self.file_splits is not None and "file_splits" in state:
+            self.file_splits.load_state_dict(state["file_splits"])
+
+    def close(self) -> None:
+        """Stop DataLoader workers (image datasets); the trainer can still be used, they restart on demand."""
+        if self.file_splits is not None:
+            self.file_splits.close()
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Atomic: a crash mid-write leaves the previous checkpoint intact."""
@@ -307,7 +363,7 @@ class Trainer:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
 
 
-MACHINE_SETTINGS = ("output_dir", "device", "data_dir", "download")
+MACHINE_SETTINGS = ("output_dir", "device", "data_dir", "download", "num_workers")
 
 
 def saved_settings(config: TrainConfig) -> dict[str, Any]:
@@ -362,11 +418,14 @@ def run_training(
             results.unlink()
     (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(saved_settings(config), sort_keys=False), encoding="utf-8")
     produced = list(kept)
-    for record in trainer.records():
-        records.append(results, record)
-        trainer.save_checkpoint(checkpoint)
-        produced.append(record)
-        if on_record is not None:
-            on_record(record)
+    try:
+        for record in trainer.records():
+            records.append(results, record)
+            trainer.save_checkpoint(checkpoint)
+            produced.append(record)
+            if on_record is not None:
+                on_record(record)
+    finally:
+        trainer.close()
     (output_dir / DONE_FILE).write_text("done\n", encoding="utf-8")
     return produced

@@ -34,3 +34,22 @@ def test_resnet_without_cached_weights_warns_and_keeps_batchnorm_frozen(monkeypa
     net.train()
     assert all(not m.training for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_resnet_weights_from_a_file_none_and_a_wrong_file(tmp_path) -> None:
+    import warnings
+
+    import torchvision
+
+    from fishr_tune.errors import ConfigError
+
+    source = torchvision.models.resnet18(weights=None)
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    loaded = ResNet((3, 32, 32), "resnet18", weights_file=str(tmp_path / "r18.pth"))
+    assert torch.equal(loaded.network.conv1.weight, source.conv1.weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ResNet((3, 32, 32), "resnet18", weights_file="none")  # an explicit random init does not warn
+    torch.save({"unrelated": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ConfigError, match=r"bad.pth does not hold torchvision resnet18 weights"):
+        ResNet((3, 32, 32), "resnet18", weights_file=str(tmp_path / "bad.pth"))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fishr_tune.data import colored_mnist, rotated_mnist  # noqa: F401  (registers the datasets)
+from fishr_tune.data import colored_mnist, images, rotated_mnist  # noqa: F401  (registers the datasets)
 from fishr_tune.data.base import (
     DATASET_ENVIRONMENTS,
     DATASETS,
     Environment,
+    FileEnvironment,
     MultiDomainDataset,
     check_dataset_name,
     check_test_envs,
@@ -20,6 +21,7 @@ __all__ = [
     "DATASETS",
     "DATASET_ENVIRONMENTS",
     "Environment",
+    "FileEnvironment",
     "MultiDomainDataset",
     "check_dataset_name",
     "check_test_envs",

@@ -24,15 +24,40 @@ class Environment:
 
 
 @dataclass
+class FileEnvironment:
+    """One domain kept on disk: image `files` (relative to `root`) with labels `y` (int64), read by data loaders.
+
+    Only paths travel (to Ray's object store, to DataLoader workers); the pixels are decoded where they are used.
+    """
+
+    name: str
+    root: str
+    files: list[str]
+    y: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def path(self, index: int) -> str:
+        return f"{self.root}/{self.files[index]}"
+
+
+@dataclass
 class MultiDomainDataset:
     name: str
-    environments: list[Environment]
+    environments: list[Environment] | list[FileEnvironment]
     input_shape: tuple[int, ...]
     num_classes: int
     source: str
     n_steps: int = 5001
     checkpoint_freq: int = 100
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def file_backed(self) -> bool:
+        """Images read from files by loaders (True) or tensors held in memory (False)."""
+        return any(isinstance(env, FileEnvironment) for env in self.environments)
 
     @property
     def env_names(self) -> list[str]:
