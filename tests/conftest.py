@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+_SCRATCH = Path(f"/tmp/fishr-tune-tests-{os.getpid()}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One HOME and Ray temp dir for the whole session, set before anything starts Ray.
+
+    A local ray.init() writes ~/.ray/auth_token and the process caches it: a second init under another HOME
+    would start a cluster whose token the driver no longer holds. Tests must therefore not change HOME.
+    The Ray dir is short because Ray's socket paths must stay under 108 bytes. Torch runs one thread: the
+    tests' models are tiny, and spinning OpenMP threads only fight the Ray workers for the 2 cores.
+    """
+    for sub in ("home", "ray"):
+        (_SCRATCH / sub).mkdir(parents=True, exist_ok=True)
+    os.environ["HOME"] = str(_SCRATCH / "home")
+    os.environ["RAY_TMPDIR"] = str(_SCRATCH / "ray")
+    torch.set_num_threads(1)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
 
 
 def shared_mnist_available() -> bool:
@@ -26,3 +56,49 @@ def full_mnist_dir() -> Path:
 def _no_data_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests choose their data source explicitly; a developer's $FISHR_TUNE_DATA must not leak in."""
     monkeypatch.delenv("FISHR_TUNE_DATA", raising=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 with an sqlite backend, which tests stop and start again."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180.0) -> None:
+        command = [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}", "--artifacts-destination", str(self.root / "artifacts"),
+        ]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+            self.process = None
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,206 @@
+"""The sweep's MLflow records: a Tune callback that journals every trial's records (see fishr_tune.tracking).
+
+Logging happens in the driver, from the results Tune already collects, so trials never talk to MLflow and
+a slow or dead tracking server never slows training. A retried or resumed trial keeps its Ray trial id and
+therefore its MLflow run; a (trial, step) already journaled is never journaled again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from fishr_tune import records
+from fishr_tune.data import DATASET_ENVIRONMENTS
+from fishr_tune.hparams import apply_overrides, default_hparams
+from fishr_tune.plots import accuracy_curves
+from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY
+from fishr_tune.sweep.spec import SweepSpec
+from fishr_tune.tracking import MlflowJournal
+
+SWEEP_KEY = "sweep"
+JOURNAL_DIR = "mlflow"
+METRIC_NAMES = (records.VAL_ACC, records.LOSS, records.NLL, records.PENALTY, records.STEP_TIME)
+FLUSH_INTERVAL_S = 2.0
+# The trial's args (seed, steps, label_noise, ...) as its first record held them, plus the sweep's data_dir:
+# what `fishr-tune analyze --best-config` needs to write a config that reruns the trial.
+ARGS_TAG = "fishr_tune.args"
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """`sqlite:///relative.db` is made absolute so `mlflow-sync` from another directory finds the same store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def open_journal(spec: SweepSpec, experiment_dir: Path) -> MlflowJournal:
+    return MlflowJournal(experiment_dir / JOURNAL_DIR, resolve_tracking_uri(spec.settings.tracking_uri), spec.name)
+
+
+def trial_run_name(config: dict[str, Any], trial_id: str) -> str:
+    envs = "-".join(str(e) for e in config["test_envs"])
+    return f"{config['algorithm']} te{envs} ts{config['trial_seed']} {trial_id[-5:]}"
+
+
+class MlflowCallback(Callback):
+    def __init__(self, spec: SweepSpec, journal: MlflowJournal):
+        self.spec = spec
+        self.journal = journal
+        self.logged: dict[str, set[int]] = defaultdict(set)
+        self.points: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.started: set[str] = set()
+        self.args_tagged: set[str] = set()
+        self._flusher: threading.Thread | None = None
+        self._stop = threading.Event()
+        for op in journal.operations():  # a resumed driver: what is journaled already stays journaled once
+            if op["op"] == "start":
+                self.started.add(op["key"])
+            elif op["op"] == "tags" and ARGS_TAG in op["tags"]:
+                self.args_tagged.add(op["key"])
+            elif op["op"] == "metrics":
+                self.logged[op["key"]].add(op["step"])
+                self.points[op["key"]].append({"step": op["step"], **op["metrics"]})
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "journal_dir": str(self.journal.directory), "uri": self.journal.tracking_uri}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        journal = MlflowJournal(state["journal_dir"], state["uri"], state["spec"].name)
+        self.__init__(state["spec"], journal)  # type: ignore[misc]
+
+    def start_sweep_run(self) -> None:
+        if SWEEP_KEY in self.started:
+            return
+        settings = self.spec.settings.model_dump(mode="json")
+        params = {k: v for k, v in settings.items() if not isinstance(v, (dict, list)) or k in ("algorithms", "test_envs", "trial_seeds")}
+        for section in ("search", "scheduler", "resources"):
+            params.update({f"{section}.{k}": v for k, v in settings.get(section, {}).items()})
+        self.journal.start_run(SWEEP_KEY, self.spec.name, params=params,
+                               tags={"fishr_tune.kind": "sweep", "dataset": self.spec.settings.dataset})
+        if Path(self.spec.source).exists():
+            self.journal.log_artifact(SWEEP_KEY, self.spec.source)
+        self.started.add(SWEEP_KEY)
+
+    def _flush_in_background(self) -> None:
+        """Sending happens off the driver's result loop: a slow or dead server never delays Tune."""
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            self.journal.flush()
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None or not self._flusher.is_alive():
+            self._stop.clear()
+            self._flusher = threading.Thread(target=self._flush_in_background, name="mlflow-journal", daemon=True)
+            self._flusher.start()
+
+    def stop_flusher(self) -> None:
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+            self._flusher = None
+
+    def setup(self, **info: Any) -> None:
+        self.start_sweep_run()
+        self._ensure_flusher()
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self.stop_flusher()
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        config = trial.config
+        key = trial.trial_id
+        if key in self.started:
+            self.journal.set_tags(key, {"status": "running"})
+        else:
+            dataset = config["dataset"]
+            tags = {
+                "dataset": dataset, "algorithm": config["algorithm"], "test_envs": json.dumps(list(config["test_envs"])),
+                "trial_seed": config["trial_seed"], "group": config.get(GROUP_KEY, ""), "ray_trial_id": key,
+                "status": "running", "fishr_tune.kind": "trial",
+            }
+            for i, name in enumerate(DATASET_ENVIRONMENTS.get(dataset, ())):
+                tags[f"env{i}"] = name
+            params = apply_overrides(config["algorithm"], dataset, default_hparams(config["algorithm"], dataset),
+                                     config.get("hparams", {}))
+            self.journal.start_run(key, trial_run_name(config, key), parent=SWEEP_KEY, params=params, tags=tags)
+            self.started.add(key)
+        self._ensure_flusher()
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
+        key = trial.trial_id
+        step = result.get(records.STEP)
+        if step is None or result.get(FAILURE_KEY) or int(step) in self.logged[key]:
+            return
+        metrics = {k: v for k, v in result.items() if (k.startswith("env") and k.endswith("_acc")) or k in METRIC_NAMES}
+        if not any(k.startswith("env") for k in metrics):
+            return
+        if key not in self.started:
+            self.on_trial_start(iteration, trials, trial)
+        timestamp = int(result.get("timestamp", time.time()) * 1000)
+        self.journal.log_metrics(key, metrics, step=int(step), timestamp_ms=timestamp)
+        self.logged[key].add(int(step))
+        self.points[key].append({"step": int(step), **metrics})
+        if key not in self.args_tagged:
+            args = {k[len("args."):]: v for k, v in result.items() if k.startswith("args.")}
+            if args:
+                args.setdefault("data_dir", self.spec.settings.data_dir or os.environ.get("FISHR_TUNE_DATA"))
+                self.journal.set_tags(key, {ARGS_TAG: json.dumps(args, sort_keys=True, default=str)})
+                self.args_tagged.add(key)
+
+    def _finish(self, trial: Any, status: str, mlflow_status: str) -> None:
+        key = trial.trial_id
+        if key not in self.started:
+            self.on_trial_start(0, [], trial)
+        config = trial.config
+        points = sorted(self.points.get(key, []), key=lambda p: p["step"])
+        if points:
+            plot = accuracy_curves(
+                points, list(config["test_envs"]), DATASET_ENVIRONMENTS.get(config["dataset"], ()),
+                f"{trial_run_name(config, key)} — {status}", self.journal.directory / "plots" / f"{key}.png",
+            )
+            self.journal.log_artifact(key, plot)
+        self.journal.set_tags(key, {"status": status})
+        self.journal.end_run(key, mlflow_status)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        if last.get(FAILURE_KEY):
+            self._finish(trial, f"failed: {last[FAILURE_KEY]}", "FAILED")
+            return
+        step = int(last.get(records.STEP, -1))
+        if step >= self.spec.settings.steps - 1:
+            self._finish(trial, "finished", "FINISHED")
+        else:
+            self._finish(trial, f"stopped early at step {step}", "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        from fishr_tune.sweep.runner import failure_reason
+
+        self._finish(trial, f"failed: {failure_reason(trial)}", "FAILED")
+
+
+def finish_sweep_run(callback: MlflowCallback, summary: Any) -> int:
+    """The summary as the parent run's metrics and tags; returns the operations still pending."""
+    callback.stop_flusher()
+    journal = callback.journal
+    metrics = {
+        "trials": summary.trials, "finished": summary.finished, "stopped_early": summary.stopped_early,
+        "failed": summary.failed, "unfinished": summary.unfinished, "steps_trained": summary.steps_trained,
+        "steps_without_early_stopping": summary.steps_without_early_stopping, "wall_time_s": summary.wall_time_s,
+    }
+    journal.log_metrics(SWEEP_KEY, metrics, step=0)
+    best = {f"best_val_acc/{key}": counts.best_val_acc for key, counts in summary.groups.items() if counts.best_val_acc is not None}
+    if best:
+        journal.log_metrics(SWEEP_KEY, best, step=0)
+    journal.set_tags(SWEEP_KEY, {"status": "interrupted" if summary.unfinished else "finished"})
+    if not summary.unfinished:
+        journal.end_run(SWEEP_KEY, "FINISHED")
+    return journal.flush(force=True)

@@ -1,0 +1,414 @@
+"""Runs a validated sweep on Ray Tune: one Tuner for every group, shared data, retries, resume and a summary."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from fishr_tune import records
+from fishr_tune.errors import ConfigError
+from fishr_tune.sweep.mlflow_callback import MlflowCallback, finish_sweep_run, open_journal
+from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY, make_search
+from fishr_tune.sweep.spec import SweepSpec
+from fishr_tune.sweep.trainable import STEPS_TRAINED, dataset_key, sweep_trainable
+
+SPEC_FILE = "sweep_spec.yaml"
+SUMMARY_FILE = "sweep_summary.json"
+TrialFunction = Callable[..., None]
+
+
+@dataclass
+class GroupCounts:
+    running: int = 0
+    pending: int = 0
+    finished: int = 0
+    stopped_early: int = 0
+    failed: int = 0
+    best_val_acc: float | None = None
+    best_trial: str | None = None
+    best_hparams: dict[str, Any] | None = None
+
+
+@dataclass
+class SweepSummary:
+    name: str
+    experiment_dir: str
+    trials: int
+    finished: int
+    stopped_early: int
+    failed: int
+    unfinished: int
+    steps_trained: int
+    steps_without_early_stopping: int
+    trial_compute_s: float
+    wall_time_s: float
+    groups: dict[str, GroupCounts] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    tracking_uri: str = ""
+    mlflow_journal: str = ""
+    mlflow_pending: int = 0
+    mlflow_error: str | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.unfinished > 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def lines(self) -> list[str]:
+        share = self.steps_trained / self.steps_without_early_stopping if self.steps_without_early_stopping else 0.0
+        out = [
+            f"Sweep {self.name}: {self.trials} trials: {self.finished} finished, {self.stopped_early} stopped early, "
+            f"{self.failed} failed" + (f", {self.unfinished} unfinished (continue with --resume)" if self.unfinished else ""),
+            f"Optimizer steps trained: {self.steps_trained:,} of {self.steps_without_early_stopping:,} without early "
+            f"stopping ({share:.0%}); wall time {self.wall_time_s:.1f} s",
+        ]
+        for key, counts in self.groups.items():
+            best = "-" if counts.best_val_acc is None else f"{counts.best_val_acc:.4f} ({counts.best_trial})"
+            out.append(f"  {key}: best val_acc {best}")
+        for trial_id, reason in self.failures.items():
+            out.append(f"  failed {trial_id}: {reason}")
+        out.append(f"Results: {self.experiment_dir} (summary in {SUMMARY_FILE})")
+        if self.mlflow_pending:
+            out.append(
+                f"MLflow: {self.mlflow_pending} operations not yet sent to {self.tracking_uri} ({self.mlflow_error}); "
+                f"they are kept in {self.mlflow_journal}: run `fishr-tune mlflow-sync {self.experiment_dir}` once it is reachable"
+            )
+        elif self.tracking_uri:
+            out.append(f"MLflow: experiment {self.name!r} in {self.tracking_uri}")
+        return out
+
+
+def trial_outcome(trial: Any, steps: int) -> str:
+    """running / pending / finished / stopped_early / failed, from Tune's status and the last result."""
+    last = trial.last_result or {}
+    if trial.status == "ERROR" or last.get(FAILURE_KEY):
+        return "failed"
+    if trial.status in ("RUNNING", "PENDING", "PAUSED"):
+        return trial.status.lower() if trial.status != "PAUSED" else "pending"
+    if last.get(records.STEP, -1) >= steps - 1:
+        return "finished"
+    return "stopped_early"
+
+
+def failure_reason(trial: Any) -> str:
+    last = trial.last_result or {}
+    if last.get(FAILURE_KEY):
+        return str(last[FAILURE_KEY])
+    error_file = getattr(trial, "error_file", None)
+    if error_file and os.path.exists(error_file):
+        lines = [line for line in Path(error_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        return lines[-1][:300] if lines else "error"
+    return "error"
+
+
+def count_groups(trials: Sequence[Any], spec: SweepSpec) -> dict[str, GroupCounts]:
+    groups = {group.key: GroupCounts() for group in spec.groups}
+    for trial in trials:
+        key = trial.config.get(GROUP_KEY)
+        if key not in groups:
+            continue
+        counts = groups[key]
+        outcome = trial_outcome(trial, spec.settings.steps)
+        setattr(counts, outcome, getattr(counts, outcome) + 1)
+        best = trial.metric_analysis.get(records.VAL_ACC, {}).get("max") if hasattr(trial, "metric_analysis") else None
+        if best is not None and math.isfinite(best) and (counts.best_val_acc is None or best > counts.best_val_acc):
+            counts.best_val_acc = float(best)
+            counts.best_trial = trial.trial_id
+            counts.best_hparams = dict(trial.config.get("hparams", {}))
+    return groups
+
+
+def summarize(trials: Sequence[Any], spec: SweepSpec, experiment_dir: Path, wall_time_s: float) -> SweepSummary:
+    groups = count_groups(trials, spec)
+    outcomes = [trial_outcome(t, spec.settings.steps) for t in trials]
+    never_started = spec.total_samples - len(trials)
+    return SweepSummary(
+        name=spec.name,
+        experiment_dir=str(experiment_dir),
+        trials=len(trials),
+        finished=outcomes.count("finished"),
+        stopped_early=outcomes.count("stopped_early"),
+        failed=outcomes.count("failed"),
+        unfinished=outcomes.count("running") + outcomes.count("pending") + max(never_started, 0),
+        steps_trained=sum(int((t.last_result or {}).get(STEPS_TRAINED, 0)) for t in trials),
+        steps_without_early_stopping=spec.total_samples * spec.settings.steps,
+        trial_compute_s=sum(float((t.last_result or {}).get("time_total_s", 0.0)) for t in trials),
+        wall_time_s=wall_time_s,
+        groups=groups,
+        failures={t.trial_id: failure_reason(t) for t, o in zip(trials, outcomes) if o == "failed"},
+    )
+
+
+def _tune_callback_base() -> type:
+    from ray.tune import Callback
+
+    return Callback
+
+
+class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
+    """Per group: trials running / finished / stopped early / failed and the best val_acc so far.
+
+    A Rich live table on a terminal, otherwise a line per group whenever the counts change (at most every few s).
+    """
+
+    def __init__(self, spec: SweepSpec, stream: TextIO | None = None, interval_s: float = 5.0):
+        self.spec = spec
+        self.stream = stream or sys.stdout
+        self.interval_s = interval_s
+        self.last_print = 0.0
+        self.last_state: Any = None
+        self.live: Any = None
+        self.trials: list[Any] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with the experiment: keep the settings, drop the terminal and the trials."""
+        return {"spec": self.spec, "interval_s": self.interval_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["spec"], None, state["interval_s"])  # type: ignore[misc]
+
+    def _table(self, groups: dict[str, GroupCounts]) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"sweep {self.spec.name}")
+        for column in ("group", "running", "finished", "stopped early", "failed", "best val_acc"):
+            table.add_column(column, justify="left" if column == "group" else "right")
+        for key, c in groups.items():
+            best = "-" if c.best_val_acc is None else f"{c.best_val_acc:.4f}"
+            table.add_row(key, str(c.running), str(c.finished), str(c.stopped_early), str(c.failed), best)
+        return table
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        self.trials = trials
+        now = time.monotonic()
+        if now - self.last_print < (1.0 if self.live is not None else self.interval_s):
+            return
+        self.show(trials)
+        self.last_print = now
+
+    def show(self, trials: Sequence[Any]) -> None:
+        groups = count_groups(trials, self.spec)
+        if self.stream.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            if self.live is None:
+                self.live = Live(self._table(groups), console=Console(file=self.stream), auto_refresh=False)
+                self.live.start()
+            self.live.update(self._table(groups), refresh=True)
+            return
+        state = {k: asdict(v) for k, v in groups.items()}
+        if state == self.last_state:
+            return
+        self.last_state = state
+        stamp = time.strftime("%H:%M:%S")
+        for key, c in groups.items():
+            best = "-" if c.best_val_acc is None else f"{c.best_val_acc:.4f}"
+            print(f"[{stamp}] {key}: {c.running} running, {c.finished} finished, {c.stopped_early} stopped early, "
+                  f"{c.failed} failed, best val_acc {best}", file=self.stream, flush=True)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self.trials = trials
+        self.show(trials)
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def experiment_dir(spec: SweepSpec) -> Path:
+    return Path(spec.settings.storage_path).expanduser().resolve() / spec.name
+
+
+def _spec_snapshot(spec: SweepSpec) -> dict[str, Any]:
+    return spec.settings.model_dump(mode="json")
+
+
+def check_experiment_dir(spec: SweepSpec, resume: bool) -> Path:
+    """A new sweep needs a fresh directory; --resume needs the directory of the same sweep."""
+    from ray.tune import Tuner
+
+    path = experiment_dir(spec)
+    exists = path.exists() and Tuner.can_restore(str(path))
+    if resume and not exists:
+        raise ConfigError(f"--resume: no sweep to continue in {path}")
+    if not resume and exists:
+        raise ConfigError(f"{path} already holds sweep {spec.name!r}; pass --resume to continue it, or use another --name")
+    saved = path / SPEC_FILE
+    if resume and saved.exists():
+        previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        mine = _spec_snapshot(spec)
+        ignored = {"storage_path", "tracking_uri", "max_failures"}
+        changed = sorted(k for k in mine if k not in ignored and previous.get(k) != mine[k])
+        if changed:
+            raise ConfigError(f"--resume: the sweep in {path} was started with different settings ({', '.join(changed)})")
+    return path
+
+
+def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Connect to a cluster (`address`) or start a local Ray; returns whether we started it (and must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+# Where the Ray cluster launcher (`ray up`) puts the cluster's YAML on the head node; Tune looks for it too.
+AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def _slots_on(node: dict[str, float], spec: SweepSpec) -> int:
+    resources = spec.settings.resources
+    slots = int(node.get("CPU", 0.0) // resources.cpu)
+    if resources.gpu > 0:
+        slots = min(slots, int(node.get("GPU", 0.0) // resources.gpu))
+    return slots
+
+
+def autoscaling_slots(spec: SweepSpec, config_path: str = AUTOSCALING_CONFIG) -> int:
+    """Trials that fit on the largest cluster the autoscaler may build (0 when this is no autoscaling head):
+    a cluster that starts with no GPU worker must still see every trial it can run as demand, or it never grows."""
+    path = Path(config_path).expanduser()
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
+    except (OSError, yaml.YAMLError):
+        return 0
+    if not isinstance(config, dict) or not isinstance(config.get("available_node_types"), dict):
+        return 0
+    global_max = int(config.get("max_workers", 0) or 0)
+    slots = 0
+    for name, node_type in config["available_node_types"].items():
+        if not isinstance(node_type, dict):
+            continue
+        count = 1 if name == config.get("head_node_type") else min(int(node_type.get("max_workers", global_max)), global_max)
+        slots += count * _slots_on(node_type.get("resources") or {}, spec)
+    return slots
+
+
+def trial_slots(spec: SweepSpec) -> int:
+    """How many trials fit on the cluster at once (or on the largest one its autoscaler may build): Tune keeps
+    only one trial pending for a custom searcher unless the concurrency is given, which would start trials one
+    actor start-up (or one node launch) at a time."""
+    import ray
+
+    cluster = ray.cluster_resources()
+    now = _slots_on({"CPU": cluster.get("CPU", 1.0), "GPU": cluster.get("GPU", 0.0)}, spec)
+    return max(1, now, autoscaling_slots(spec))
+
+
+def build_datasets(spec: SweepSpec) -> dict[str, Any]:
+    """Each (dataset, trial_seed, label_noise) built once, before Ray starts (a bad data_dir fails fast)."""
+    from fishr_tune.data import get_dataset
+
+    settings = spec.settings
+    datasets = {}
+    for trial_seed in sorted({g.trial_seed for g in spec.groups}):
+        try:
+            datasets[dataset_key(trial_seed)] = get_dataset(
+                settings.dataset, data_dir=settings.data_dir, seed=trial_seed, label_noise=settings.label_noise
+            )
+        except ConfigError as error:
+            raise ConfigError(f"{spec.source}: {error}") from None
+    return datasets
+
+
+def share_datasets(datasets: dict[str, Any]) -> dict[str, Any]:
+    """Put each dataset in the object store once; every trial reads it from there instead of rebuilding it."""
+    import ray
+
+    return {key: ray.put(dataset) for key, dataset in datasets.items()}
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    trainable: TrialFunction = sweep_trainable,
+    callbacks: Sequence[Any] = (),
+    stream: TextIO | None = None,
+) -> SweepSummary:
+    """Run (or, with `resume`, continue) the sweep; returns and saves the summary."""
+    from ray import tune
+
+    # Frequent per-trial checkpoints are by design here (every record); Tune's warning about them is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started = time.monotonic()
+    path = check_experiment_dir(spec, resume)
+    settings = spec.settings
+    datasets = build_datasets(spec)
+    started_ray = ensure_ray(address, num_cpus)
+    try:
+        dataset_refs = share_datasets(datasets)
+        del datasets
+        run_settings = {
+            "steps": settings.steps,
+            "checkpoint_freq": settings.checkpoint_freq,
+            "holdout_fraction": settings.holdout_fraction,
+            "label_noise": settings.label_noise,
+            # A trial that reserves a GPU trains on it; "auto" also lets it run where the GPU is only declared
+            # (Ray's fake multi-node clusters in the tests) instead of failing there.
+            "device": "auto" if settings.resources.gpu > 0 else "cpu",
+            "cpus_per_trial": settings.resources.cpu,
+        }
+        resources = {"cpu": settings.resources.cpu, "gpu": settings.resources.gpu}
+        wrapped = tune.with_resources(tune.with_parameters(trainable, dataset_refs=dataset_refs, run=run_settings), resources)
+        progress = ProgressCallback(spec, stream)
+        journal = open_journal(spec, path)
+        mlflow_callback = MlflowCallback(spec, journal)
+        mlflow_callback.start_sweep_run()
+        run_callbacks = [progress, mlflow_callback, *callbacks]
+        if resume:
+            tuner = tune.Tuner.restore(str(path), trainable=wrapped, resume_unfinished=True, resume_errored=True)
+            # Tuner.restore brings back the first session's callbacks; this session's display (and any callbacks
+            # the caller passes now) replace them. Tuner has no public setter for this in Ray 2.60.
+            tuner._local_tuner.get_run_config().callbacks = run_callbacks
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / SPEC_FILE).write_text(yaml.safe_dump(_spec_snapshot(spec), sort_keys=False), encoding="utf-8")
+            searcher, scheduler = make_search(spec)
+            tuner = tune.Tuner(
+                wrapped,
+                tune_config=tune.TuneConfig(
+                    metric=records.VAL_ACC, mode="max", search_alg=searcher, scheduler=scheduler,
+                    num_samples=spec.total_samples, reuse_actors=True,
+                    max_concurrent_trials=trial_slots(spec),
+                ),
+                run_config=tune.RunConfig(
+                    name=spec.name,
+                    storage_path=str(path.parent),
+                    failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    callbacks=run_callbacks,
+                    verbose=0,
+                ),
+            )
+        tuner.fit()
+        summary = summarize(progress.trials, spec, path, time.monotonic() - started)
+        (path / SUMMARY_FILE).write_text(summary.to_json() + "\n", encoding="utf-8")
+        summary.mlflow_pending = finish_sweep_run(mlflow_callback, summary)
+        summary.mlflow_error = journal.last_error
+        summary.mlflow_journal = str(journal.directory)
+        summary.tracking_uri = journal.tracking_uri
+        return summary
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()

@@ -1,0 +1,104 @@
+"""The Tune trainable: fishr_tune.training.Trainer reporting every record with a checkpoint to resume from.
+
+A retried trial loads `Trainer.state_dict()` (model, optimizers, algorithm state such as Fishr's moving averages,
+sampler and RNG states) from its last checkpoint and continues at the step it stopped, not from 0.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from fishr_tune import records
+from fishr_tune.data import MultiDomainDataset
+from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY
+from fishr_tune.training import CHECKPOINT_FILE, NonFiniteLossError, TrainConfig, Trainer
+
+STEPS_TRAINED = "steps_trained"
+NODE_ID = "node_id"
+START_STEP = "start_step"
+
+# Called after each report with the number of optimizer steps trained so far (a seam for fault-injection tests).
+AfterReport = Callable[[int], None]
+
+
+def dataset_key(trial_seed: int) -> str:
+    return f"trial_seed={trial_seed}"
+
+
+def trial_train_config(config: Mapping[str, Any], run: Mapping[str, Any]) -> TrainConfig:
+    """The TrainConfig of one trial: the searcher's choice (`config`) plus the sweep-wide settings (`run`)."""
+    return TrainConfig(
+        dataset=config["dataset"],
+        algorithm=config["algorithm"],
+        test_envs=list(config["test_envs"]),
+        hparams=dict(config["hparams"]),
+        hparams_seed=0,
+        trial_seed=int(config["trial_seed"]),
+        seed=int(config["seed"]),
+        steps=int(run["steps"]),
+        checkpoint_freq=int(run["checkpoint_freq"]),
+        holdout_fraction=float(run["holdout_fraction"]),
+        label_noise=run.get("label_noise"),
+        device=str(run.get("device", "cpu")),
+    )
+
+
+def tune_metrics(record: Mapping[str, Any], group: str, steps_trained: int, start_step: int) -> dict[str, Any]:
+    """The record flattened (hparams.<name>, args.<name>) plus what the sweep needs to route and count it."""
+    metrics = records.flatten(record)
+    metrics[GROUP_KEY] = group
+    metrics[STEPS_TRAINED] = steps_trained
+    metrics[START_STEP] = start_step
+    metrics[NODE_ID] = ray.get_runtime_context().get_node_id()
+    return metrics
+
+
+def run_trial(
+    config: dict[str, Any],
+    dataset_refs: Mapping[str, Any],
+    run: Mapping[str, Any],
+    after_report: AfterReport | None = None,
+) -> None:
+    """Train one configuration, reporting each record to Tune with a checkpoint of the full trainer state."""
+    torch.set_num_threads(max(1, int(run.get("cpus_per_trial", 1))))
+    dataset: MultiDomainDataset = ray.get(dataset_refs[dataset_key(int(config["trial_seed"]))])
+    trainer = Trainer(trial_train_config(config, run), dataset=dataset)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            trainer.load_checkpoint(Path(directory) / CHECKPOINT_FILE)
+    start_step = trainer.step
+    try:
+        for record in trainer.records():
+            with tempfile.TemporaryDirectory() as directory:
+                trainer.save_checkpoint(Path(directory) / CHECKPOINT_FILE)
+                tune.report(
+                    tune_metrics(record, config[GROUP_KEY], trainer.step, start_step),
+                    checkpoint=tune.Checkpoint.from_directory(directory),
+                )
+            if after_report is not None:
+                after_report(trainer.step)
+    except NonFiniteLossError as error:
+        # Retrying from the checkpoint would diverge again: end the trial with the reason, the sweep goes on.
+        tune.report({
+            records.STEP: trainer.step,  # the step whose loss was not finite
+            records.VAL_ACC: math.nan,
+            FAILURE_KEY: f"non-finite loss: {error}",
+            GROUP_KEY: config[GROUP_KEY],
+            STEPS_TRAINED: trainer.step,
+            START_STEP: start_step,
+            NODE_ID: ray.get_runtime_context().get_node_id(),
+        })
+
+
+def sweep_trainable(config: dict[str, Any], dataset_refs: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+    """The function trainable the runner hands to Tune (via tune.with_parameters)."""
+    run_trial(config, dataset_refs, run)

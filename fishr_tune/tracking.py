@@ -1,0 +1,229 @@
+"""MLflow tracking that survives outages: every operation is journaled on disk first, then sent.
+
+One experiment per sweep, a parent run per sweep and a child run per trial. Training never waits on MLflow:
+if the tracking server is unreachable, operations stay in the journal and are sent at the next flush (or by
+`fishr-tune mlflow-sync`). Replaying an operation is harmless, so a crash between sending and marking it sent
+neither loses nor duplicates anything:
+
+- runs are looked up by a key tag before being created, so a retried trial continues its own run;
+- metric points carry the timestamp they were journaled with, and MLflow's SQL store drops exact duplicates;
+- params are logged once with fixed values (re-logging the same value is accepted by MLflow);
+- tags and artifacts overwrite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+JOURNAL_FILE = "journal.jsonl"
+SENT_FILE = "sent"
+RUNS_FILE = "runs.json"
+KEY_TAG = "fishr_tune.key"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+RETRY_SECONDS = 10.0
+MAX_PARAM_LENGTH = 6000
+
+
+def _quick_failures() -> None:
+    """An unreachable server must fail fast (MLflow's default retries for minutes); users can still override."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text[:MAX_PARAM_LENGTH]
+
+
+class MlflowJournal:
+    """The journal of one sweep's MLflow operations, kept in `directory` (inside the sweep's storage)."""
+
+    def __init__(self, directory: str | os.PathLike[str], tracking_uri: str, experiment_name: str):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self._next_retry = 0.0
+        self.last_error: str | None = None
+        settings = self.directory / "settings.json"
+        if settings.exists():
+            saved = json.loads(settings.read_text(encoding="utf-8"))
+            self.tracking_uri = tracking_uri or saved["tracking_uri"]
+        settings.write_text(json.dumps({"tracking_uri": self.tracking_uri, "experiment": experiment_name}), encoding="utf-8")
+
+    @classmethod
+    def open_existing(cls, directory: str | os.PathLike[str], tracking_uri: str | None = None) -> "MlflowJournal":
+        """Reopen a sweep's journal (for `mlflow-sync`), optionally against another tracking URI."""
+        settings = Path(directory) / "settings.json"
+        if not settings.exists():
+            from fishr_tune.errors import ConfigError
+
+            raise ConfigError(f"{directory}: no MLflow journal here (expected {settings})")
+        saved = json.loads(settings.read_text(encoding="utf-8"))
+        return cls(directory, tracking_uri or saved["tracking_uri"], saved["experiment"])
+
+    # --- journaling (never touches the network) -------------------------------------------------------------
+
+    def _append(self, operation: dict[str, Any]) -> None:
+        with open(self.directory / JOURNAL_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(operation, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def start_run(
+        self, key: str, name: str, parent: str | None = None, params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._append({"op": "start", "key": key, "name": name, "parent": parent,
+                      "params": {k: _param_value(v) for k, v in (params or {}).items()},
+                      "tags": {k: str(v) for k, v in (tags or {}).items()}})
+
+    def log_metrics(self, key: str, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        """One batch of metric points at one step (one log_batch call when sent)."""
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._append({"op": "metrics", "key": key, "step": int(step),
+                      "timestamp": int(timestamp_ms if timestamp_ms is not None else time.time() * 1000),
+                      "metrics": {k: (v if math.isfinite(v) else None) for k, v in clean.items()}})
+
+    def set_tags(self, key: str, tags: Mapping[str, Any]) -> None:
+        self._append({"op": "tags", "key": key, "tags": {k: str(v) for k, v in tags.items()}})
+
+    def log_artifact(self, key: str, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        self._append({"op": "artifact", "key": key, "path": str(Path(path).resolve()), "artifact_path": artifact_path})
+
+    def end_run(self, key: str, status: str = "FINISHED") -> None:
+        self._append({"op": "end", "key": key, "status": status})
+
+    # --- sending ------------------------------------------------------------------------------------------------
+
+    def operations(self) -> list[dict[str, Any]]:
+        path = self.directory / JOURNAL_FILE
+        if not path.exists():
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines()
+        ops = []
+        for line in lines:
+            try:
+                ops.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line: the writer died mid-append
+        return ops
+
+    def sent_count(self) -> int:
+        path = self.directory / SENT_FILE
+        return int(path.read_text(encoding="utf-8") or 0) if path.exists() else 0
+
+    def pending(self) -> int:
+        return len(self.operations()) - self.sent_count()
+
+    def _mark_sent(self, count: int) -> None:
+        tmp = self.directory / (SENT_FILE + ".tmp")
+        tmp.write_text(str(count), encoding="utf-8")
+        os.replace(tmp, self.directory / SENT_FILE)
+
+    def _runs(self) -> dict[str, str]:
+        path = self.directory / RUNS_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    def _save_runs(self, runs: Mapping[str, str]) -> None:
+        tmp = self.directory / (RUNS_FILE + ".tmp")
+        tmp.write_text(json.dumps(dict(runs), sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.directory / RUNS_FILE)
+
+    def run_id(self, key: str) -> str | None:
+        return self._runs().get(key)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.directory / "lock", "w", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def flush(self, force: bool = False) -> int:
+        """Send what is pending, in order; returns how many operations are still pending.
+
+        After a failure, later calls wait RETRY_SECONDS before trying again (unless `force`), so an outage
+        costs the sweep one quick failed request now and then, not a stall at every checkpoint.
+        """
+        if not force and time.monotonic() < self._next_retry:
+            return self.pending()
+        _quick_failures()
+        with self._locked():
+            ops = self.operations()
+            done = self.sent_count()
+            if done >= len(ops):
+                return 0
+            try:
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient(self.tracking_uri)
+                experiment_id = self._experiment_id(client)
+                runs = self._runs()
+                for index in range(done, len(ops)):
+                    self._send(client, experiment_id, runs, ops[index])
+                    self._mark_sent(index + 1)
+            except Exception as error:  # noqa: BLE001  (any client/transport error means "try later")
+                self.last_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                self._next_retry = time.monotonic() + RETRY_SECONDS
+                return len(ops) - self.sent_count()
+            self.last_error = None
+            return 0
+
+    def _experiment_id(self, client: Any) -> str:
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                client.restore_experiment(experiment.experiment_id)
+            return experiment.experiment_id
+        return client.create_experiment(self.experiment_name)
+
+    def _send(self, client: Any, experiment_id: str, runs: dict[str, str], op: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        key = op["key"]
+        if op["op"] == "start":
+            run_id = runs.get(key) or self._find_run(client, experiment_id, key)
+            if run_id is None:
+                tags = {KEY_TAG: key, "mlflow.runName": op["name"], **op["tags"]}
+                if op["parent"] is not None:
+                    tags["mlflow.parentRunId"] = runs[op["parent"]]
+                run_id = client.create_run(experiment_id, tags=tags, run_name=op["name"]).info.run_id
+            else:
+                client.update_run(run_id, status="RUNNING")
+            runs[key] = run_id
+            self._save_runs(runs)
+            params = [Param(k, v) for k, v in op["params"].items()]
+            run_tags = [RunTag(k, v) for k, v in op["tags"].items()]
+            for start in range(0, max(len(params), 1), 100):
+                client.log_batch(run_id, params=params[start : start + 100], tags=run_tags if start == 0 else [])
+        elif op["op"] == "metrics":
+            metrics = [
+                Metric(name, value if value is not None else math.nan, op["timestamp"], op["step"])
+                for name, value in op["metrics"].items()
+            ]
+            client.log_batch(runs[key], metrics=metrics)
+        elif op["op"] == "tags":
+            client.log_batch(runs[key], tags=[RunTag(k, v) for k, v in op["tags"].items()])
+        elif op["op"] == "artifact":
+            if Path(op["path"]).exists():
+                client.log_artifact(runs[key], op["path"], op["artifact_path"])
+        elif op["op"] == "end":
+            client.set_terminated(runs[key], status=op["status"])
+        else:
+            raise ValueError(f"unknown journal operation {op['op']!r}")
+
+    @staticmethod
+    def _find_run(client: Any, experiment_id: str, key: str) -> str | None:
+        found = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=1)
+        return found[0].info.run_id if found else None

@@ -1,0 +1,159 @@
+"""A sweep mirrored into a real MLflow server: one parent run, one child per trial, every point Ray recorded,
+through a server outage mid-sweep and through trial retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+from ray import cloudpickle, tune
+from ray.tune import Callback
+
+from fishr_tune import records
+from fishr_tune.sweep.runner import run_sweep
+from fishr_tune.sweep.spec import build_spec
+from fishr_tune.sweep.trainable import run_trial
+from fishr_tune.tracking import KEY_TAG
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+SPEC: dict[str, Any] = {
+    "dataset": "ColoredMNIST-IRM",
+    "algorithms": ["ERM", "Fishr"],
+    "test_envs": [2],
+    "trial_seeds": [0],
+    "steps": 120,
+    "checkpoint_freq": 40,
+    "hyperparameters": {"lr": {"loguniform": [1.0e-3, 3.0e-3]}, "batch_size": 32, "hidden_dim": 64},
+    "per_algorithm": {"Fishr": {"lambda": {"loguniform": [10.0, 1000.0]}, "penalty_anneal_iters": 40}},
+    "search": {"algorithm": "tpe", "num_samples": 2, "seed": 0},
+    "scheduler": "none",
+    "resources": {"cpu": 1},
+    "max_failures": 1,
+}
+
+
+def sweep_spec(tmp_path: Path, name: str, uri: str):
+    return build_spec({**SPEC, "name": name, "storage_path": str(tmp_path / "sweeps"), "tracking_uri": uri}, "test.yaml")
+
+
+def ray_points(experiment_dir: Path) -> dict[str, dict[int, float]]:
+    """Every record Ray stored, per trial: step -> env0_in_acc."""
+    points = {}
+    for result_file in experiment_dir.glob("*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        points[rows[0]["trial_id"]] = {r[records.STEP]: r["env0_in_acc"] for r in rows if "env0_in_acc" in r}
+    return points
+
+
+def mlflow_runs(uri: str, name: str) -> tuple[Any, list[Any]]:
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    parents = [r for r in runs if r.data.tags.get("fishr_tune.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("fishr_tune.kind") == "trial"]
+    assert len(parents) == 1 and len(parents) + len(children) == len(runs)
+    return parents[0], children
+
+
+def assert_mirrors_ray(uri: str, name: str, experiment_dir: Path) -> list[Any]:
+    client = MlflowClient(uri)
+    parent, children = mlflow_runs(uri, name)
+    expected = ray_points(experiment_dir)
+    assert sorted(c.data.tags["ray_trial_id"] for c in children) == sorted(expected)
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        history = client.get_metric_history(child.info.run_id, "env0_in_acc")
+        steps = [m.step for m in history]
+        assert len(steps) == len(set(steps)), "a metric point was logged twice"
+        assert {m.step: m.value for m in history} == expected[child.data.tags["ray_trial_id"]]
+        assert {"env2_out_acc", "val_acc", "loss", "step_time"} <= set(child.data.metrics)
+    return children
+
+
+def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_ray, mlflow_server, tmp_path) -> None:
+    summary = run_sweep(sweep_spec(tmp_path, "mirror", mlflow_server.uri), stream=open(os.devnull, "w"))
+    assert summary.mlflow_pending == 0 and summary.finished == 4
+    children = assert_mirrors_ray(mlflow_server.uri, "mirror", Path(summary.experiment_dir))
+    fishr = next(c for c in children if c.data.tags["algorithm"] == "Fishr")
+    assert {"lambda", "ema", "lr"} <= set(fishr.data.params)
+    assert fishr.data.tags["env2"] == "-90%" and fishr.data.tags["status"] == "finished"
+    assert fishr.info.run_name.startswith("Fishr te2 ts0 ")
+    artifacts = [a.path for a in MlflowClient(mlflow_server.uri).list_artifacts(fishr.info.run_id)]
+    assert any(path.endswith(".png") for path in artifacts)
+    parent, _ = mlflow_runs(mlflow_server.uri, "mirror")
+    assert parent.data.metrics["finished"] == 4 and parent.data.params["dataset"] == "ColoredMNIST-IRM"
+
+
+class ServerOutage(Callback):
+    """Stops the server at the first record and brings it back a few records later (in the background)."""
+
+    def __init__(self, server: Any):
+        self.server = server
+        self.results = 0
+        self.restart: threading.Thread | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune saves its callbacks with the experiment; the server handle stays in this process."""
+        return {"results": self.results}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.results += 1
+        if self.results == 1:
+            self.server.stop()
+        elif self.results == 6:
+            self.restart = threading.Thread(target=self.server.start)
+            self.restart.start()
+
+
+def test_server_outage_mid_sweep_loses_and_duplicates_nothing(local_ray, mlflow_server, tmp_path) -> None:
+    outage = ServerOutage(mlflow_server)
+    summary = run_sweep(sweep_spec(tmp_path, "outage", mlflow_server.uri), callbacks=[outage], stream=open(os.devnull, "w"))
+    if outage.restart is not None:
+        outage.restart.join()
+    assert summary.finished == 4
+    from fishr_tune.sweep.mlflow_callback import JOURNAL_DIR
+    from fishr_tune.tracking import MlflowJournal
+
+    # whatever the sweep could not send before it ended is sent now (what `fishr-tune mlflow-sync` does)
+    journal = MlflowJournal.open_existing(Path(summary.experiment_dir) / JOURNAL_DIR)
+    assert journal.flush(force=True) == 0
+    assert_mirrors_ray(mlflow_server.uri, "outage", Path(summary.experiment_dir))
+
+
+def crash_once(config: dict[str, Any], dataset_refs: Any, run: Any) -> None:
+    marker = Path(os.environ["FISHR_TUNE_TEST_FAULTS"]) / f"mlflow-{tune.get_context().get_trial_id()}"
+
+    def after_report(steps_trained: int) -> None:
+        if steps_trained >= 41 and not marker.exists():
+            marker.write_text("crashed")
+            raise RuntimeError("injected crash")
+
+    run_trial(config, dataset_refs, run, after_report=after_report)
+
+
+def test_a_retried_trial_keeps_one_run(local_ray, tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = build_spec({**SPEC, "algorithms": ["ERM"], "per_algorithm": {}, "name": "retry", "storage_path": str(tmp_path / "sweeps"),
+                       "tracking_uri": uri}, "test.yaml")
+    summary = run_sweep(spec, trainable=crash_once, stream=open(os.devnull, "w"))
+    assert summary.finished == 2
+    assert len(list(local_ray.glob("mlflow-*"))) == 2  # both trials did crash once
+    children = assert_mirrors_ray(uri, "retry", Path(summary.experiment_dir))
+    assert len({c.data.tags[KEY_TAG] for c in children}) == len(children) == 2
+    history = MlflowClient(uri).get_metric_history(children[0].info.run_id, "val_acc")
+    assert sorted(m.step for m in history) == [0, 40, 80, 119]
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///relative.db"])
+def test_relative_sqlite_uri_is_made_absolute(uri: str, tmp_path, monkeypatch) -> None:
+    from fishr_tune.sweep.mlflow_callback import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri(uri) == f"sqlite:///{tmp_path / 'relative.db'}"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"

@@ -1,0 +1,323 @@
+"""Sweeps on a real Ray: crash retries from checkpoints, divergence, Ctrl-C and --resume, summaries (a local Ray
+with 2 CPUs); and, marked slow, a genuine two-node cluster on this machine that loses its worker node mid-sweep."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from ray import cloudpickle, tune
+
+from fishr_tune import records
+from fishr_tune.errors import ConfigError
+from fishr_tune.sweep.runner import SPEC_FILE, SUMMARY_FILE, run_sweep
+from fishr_tune.sweep.spec import build_spec
+from fishr_tune.sweep.trainable import NODE_ID, START_STEP, run_trial
+from fishr_tune.training import NonFiniteLossError
+
+# The fault-injecting trainables below run in Ray workers, which cannot import this test module by name.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+FAULTS_ENV = "FISHR_TUNE_TEST_FAULTS"
+BASE: dict[str, Any] = {
+    "name": "runner",
+    "dataset": "ColoredMNIST-IRM",
+    "algorithms": ["ERM"],
+    "test_envs": [2],
+    "trial_seeds": [0],
+    "steps": 160,
+    "checkpoint_freq": 40,
+    "hyperparameters": {"lr": {"loguniform": [1.0e-3, 3.0e-3]}, "batch_size": 32, "hidden_dim": 64},
+    "search": {"algorithm": "tpe", "num_samples": 2, "seed": 0},
+    "scheduler": "none",
+    "resources": {"cpu": 1},
+    "max_failures": 1,
+}
+ALL_STEPS = [0, 40, 80, 120, 159]
+
+
+def spec_for(tmp_path: Path, **changes: Any):
+    values = copy.deepcopy(BASE)
+    values.update(changes)
+    values["storage_path"] = str(tmp_path / "sweeps")
+    values.setdefault("tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return build_spec(values, "test.yaml")
+
+
+def trial_results(experiment_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every result Tune wrote, per trial id (result.json is appended to across retries and resumes)."""
+    found = {}
+    for result_file in experiment_dir.glob("*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if rows:
+            found[rows[0]["trial_id"]] = rows
+    return found
+
+
+def crash_once_then_diverge(config: dict[str, Any], dataset_refs: Any, run: Any) -> None:
+    """Every trial crashes once after its 2nd record; the second trial of the group then diverges after step 80."""
+    faults = Path(os.environ[FAULTS_ENV])
+    trial_id = tune.get_context().get_trial_id()
+    attempts = faults / f"{trial_id}.attempts"
+    attempt = len(attempts.read_text().splitlines()) if attempts.exists() else 0
+    with open(attempts, "a") as handle:
+        handle.write(f"{attempt}\n")
+    diverging = config["sample_index"] == 1
+
+    def after_report(steps_trained: int) -> None:
+        if attempt == 0 and steps_trained >= 41:
+            raise RuntimeError("injected crash (a lost worker, an OOM kill...)")
+        if diverging and steps_trained >= 81:
+            raise NonFiniteLossError("loss became nan at step 80")
+
+    run_trial(config, dataset_refs, run, after_report=after_report)
+
+
+def test_crashed_trials_resume_from_their_checkpoint_and_divergence_fails_one_trial(local_ray: Path, tmp_path: Path) -> None:
+    summary = run_sweep(spec_for(tmp_path), trainable=crash_once_then_diverge, stream=open(os.devnull, "w"))
+    results = trial_results(Path(summary.experiment_dir))
+    assert len(results) == 2
+    # Every trial crashed once (two attempts) ...
+    assert sorted(len(p.read_text().splitlines()) for p in local_ray.glob("*.attempts")) == [2, 2]
+    for trial_id, rows in results.items():
+        steps = [row[records.STEP] for row in rows]
+        # ... and continued where its checkpoint stopped: no step trained twice, the retry starting at 41 (not 0).
+        assert steps == sorted(set(steps)), steps
+        assert rows[0][START_STEP] == 0 and rows[-1][START_STEP] == 41
+        if rows[-1].get("failure"):  # the diverged step is reported after the last record
+            assert steps == [0, 40, 80, 81] and "nan" in rows[-1]["failure"]
+        else:
+            assert steps == ALL_STEPS
+    assert (summary.finished, summary.failed, summary.stopped_early, summary.unfinished) == (1, 1, 0, 0)
+    assert list(summary.failures.values()) == ["non-finite loss: loss became nan at step 80"]
+    assert summary.steps_trained == 160 + 81 and summary.steps_without_early_stopping == 2 * 160
+    saved = json.loads((Path(summary.experiment_dir) / SUMMARY_FILE).read_text())
+    assert saved["failed"] == 1 and saved["finished"] == 1
+    assert saved["groups"]["ERM/te2/ts0"]["best_val_acc"] > 0.5
+
+
+class InterruptAfterTrials(tune.Callback):
+    """Sends this process SIGINT (what Ctrl-C does) once `count` trials have completed."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.completed = 0
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.completed += 1
+        if self.completed == self.count:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupted_sweep_resumes_without_running_any_trial_twice(local_ray: Path, tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, name="resumable", steps=240, trial_seeds=[0, 1], search={"num_samples": 2, "seed": 1})
+    first = run_sweep(spec, callbacks=[InterruptAfterTrials(1)], stream=open(os.devnull, "w"))
+    assert first.interrupted and first.finished >= 1
+    before = trial_results(Path(first.experiment_dir))
+    done_before = {t for t, rows in before.items() if rows[-1][records.STEP] == 239}
+
+    with pytest.raises(ConfigError, match="already holds sweep 'resumable'; pass --resume"):
+        run_sweep(spec)
+    with pytest.raises(ConfigError, match="started with different settings \\(steps\\)"):
+        run_sweep(spec.with_overrides(steps=300), resume=True)
+
+    second = run_sweep(spec, resume=True, stream=open(os.devnull, "w"))
+    after = trial_results(Path(second.experiment_dir))
+    assert (second.finished, second.trials, second.unfinished) == (4, 4, 0)
+    assert len(after) == 4
+    for trial_id, rows in after.items():
+        steps = [row[records.STEP] for row in rows]
+        assert steps == [0, 40, 80, 120, 160, 200, 239], (trial_id, steps)  # every record exactly once
+        if trial_id in done_before:
+            assert rows == before[trial_id]  # a finished trial was not touched again
+    assert second.steps_trained == 4 * 240
+
+
+def test_cli_resume_without_a_sweep_exits_2(tmp_path: Path) -> None:
+    values = copy.deepcopy(BASE)
+    values["storage_path"] = str(tmp_path)
+    values["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    file = tmp_path / "space.yaml"
+    file.write_text(yaml.safe_dump(values))
+    result = subprocess.run([sys.executable, "-m", "fishr_tune.cli", "sweep", str(file), "--resume"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--resume: no sweep to continue in {tmp_path / 'runner'}" in result.stderr
+    assert not (tmp_path / "runner" / SPEC_FILE).exists()
+
+
+def test_a_bad_data_directory_fails_before_ray_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fishr_tune.sweep import runner
+
+    def no_ray(*args: Any) -> bool:
+        raise AssertionError("Ray was started for a sweep whose data cannot be read")
+
+    monkeypatch.setattr(runner, "ensure_ray", no_ray)
+    with pytest.raises(ConfigError, match="^test.yaml: .*no_such_dir"):
+        run_sweep(spec_for(tmp_path, data_dir=str(tmp_path / "no_such_dir")))
+    assert not (tmp_path / "sweeps" / "runner").exists()
+
+
+# ---- a genuine two-node cluster (slow: pytest -m slow tests/sweep/test_runner.py) ----
+
+RAY = str(Path(sys.executable).with_name("ray"))
+CLUSTER_SPEC: dict[str, Any] = {
+    "name": "two_nodes",
+    "dataset": "ColoredMNIST-IRM",
+    "algorithms": ["ERM"],
+    "test_envs": [2],
+    "trial_seeds": [0],
+    "steps": 1200,
+    "checkpoint_freq": 100,
+    "hyperparameters": {"lr": {"loguniform": [1.0e-3, 3.0e-3]}, "batch_size": 32, "hidden_dim": 64},
+    "search": {"algorithm": "random", "num_samples": 4, "seed": 0},
+    "scheduler": "none",
+    "resources": {"cpu": 1},
+    "max_failures": 3,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_node(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """`ray start --block` in its own session, so the node (raylet and its workers) can be killed as one group."""
+    return subprocess.Popen([RAY, "start", "--block", "--num-cpus", "1", "--disable-usage-stats", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def two_node_cluster() -> Iterator[dict[str, Any]]:
+    scratch = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))
+    for sub in ("head", "worker"):
+        (scratch / sub).mkdir()
+    # The nodes share the session's HOME (tests/conftest.py), where the driver reads the cluster's auth token.
+    env = {**os.environ, "RAY_TMPDIR": str(scratch / "head")}
+    saved = {key: os.environ.get(key) for key in ("RAY_TMPDIR",)}
+    os.environ.update(RAY_TMPDIR=env["RAY_TMPDIR"])
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    head = start_node(["--head", "--port", str(port), "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
+                       "--temp-dir", str(scratch / "head")], env)
+    worker = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the head accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or head.poll() is not None:
+                    raise RuntimeError("the head node did not start")
+                time.sleep(1)
+        worker = start_node(["--address", address, "--node-ip-address", "127.0.0.1",
+                             "--temp-dir", str(scratch / "worker")], {**env, "RAY_TMPDIR": str(scratch / "worker")})
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise RuntimeError("the worker node did not join")
+            time.sleep(1)
+        warm_up_nodes()
+        yield {"address": address, "worker": worker, "scratch": scratch, "head_node": ray.get_runtime_context().get_node_id()}
+    finally:
+        ray.shutdown()
+        if worker is not None:
+            kill_group(worker)
+        # Stop only this test's head: `ray stop` would stop every Ray on the machine, other users' included.
+        kill_group(head)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def warm_up_nodes() -> None:
+    """Import torch and the trainable in an idle worker on each node: on a loaded machine the worker node's first
+    actor otherwise takes longer to start than a short trial on the head, and Tune reuses the head's actor."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=1)
+    def import_trainable() -> str:
+        import fishr_tune.sweep.trainable  # noqa: F401
+
+        return ray.get_runtime_context().get_node_id()
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    strategies = [NodeAffinitySchedulingStrategy(node, soft=False) for node in nodes]
+    assert ray.get([import_trainable.options(scheduling_strategy=s).remote() for s in strategies], timeout=300) == nodes
+
+
+def paced_trial(config: dict[str, Any], dataset_refs: Any, run: Any) -> None:
+    """The real trial, resting 1.5 s after each record: trials outlast an actor start-up on a loaded machine
+    (otherwise Tune may hand every trial to the head's reused actor) without adding CPU load."""
+    run_trial(config, dataset_refs, run, after_report=lambda steps: time.sleep(1.5))
+
+
+class KillWorkerNode(tune.Callback):
+    """Kills the worker node (SIGKILL to its process group) once a trial there has reported past `after_step`."""
+
+    def __init__(self, pgid: int, head_node: str, after_step: int):
+        self.pgid, self.head_node, self.after_step = pgid, head_node, after_step
+        self.killed_at: float | None = None
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if self.killed_at is None and result.get(NODE_ID) != self.head_node and result.get(records.STEP, 0) >= self.after_step:
+            os.killpg(self.pgid, signal.SIGKILL)
+            self.killed_at = time.monotonic()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_trials_land_on_both_nodes_and_losing_the_worker_node_loses_no_trial(two_node_cluster: dict[str, Any], tmp_path: Path) -> None:
+    values = copy.deepcopy(CLUSTER_SPEC)
+    values["storage_path"] = str(tmp_path / "sweeps")
+    values["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = build_spec(values, "two_nodes.yaml")
+    killer = KillWorkerNode(two_node_cluster["worker"].pid, two_node_cluster["head_node"], after_step=200)
+    summary = run_sweep(spec, address=two_node_cluster["address"], trainable=paced_trial, callbacks=[killer],
+                        stream=open(os.devnull, "w"))
+    assert killer.killed_at is not None, "no trial ever ran on the worker node"
+
+    rows_per_trial = {}
+    for result_file in Path(summary.experiment_dir).glob("*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        rows_per_trial[rows[0]["trial_id"]] = rows
+    nodes = {row[NODE_ID] for rows in rows_per_trial.values() for row in rows}
+    assert len(nodes) == 2 and two_node_cluster["head_node"] in nodes
+    # No trial lost: every one finished all its steps, none failed.
+    assert (summary.finished, summary.failed, summary.unfinished) == (4, 0, 0)
+    moved = []
+    for trial_id, rows in rows_per_trial.items():
+        steps = [row[records.STEP] for row in rows]
+        assert steps[-1] == 1199 and steps == sorted(set(steps)), (trial_id, steps)
+        if len({row[NODE_ID] for row in rows}) == 2:
+            moved.append(rows)
+    # The trial that was on the dead node continued on the head from its checkpoint, not from step 0.
+    assert moved
+    for rows in moved:
+        assert rows[-1][NODE_ID] == two_node_cluster["head_node"] and rows[-1][START_STEP] >= 201

@@ -1,0 +1,167 @@
+"""Per-group search and early stopping: TPE and ASHA never see another group's trials (unit level, no Ray cluster)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import pytest
+
+from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY, GroupScheduler, GroupSearcher, SpaceFunction
+from fishr_tune.sweep.spec import Distribution, Group
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+STRONG = Group("ColoredMNIST-IRM", "ERM", (2,), 0)
+WEAK = Group("ColoredMNIST-IRM", "Fishr", (2,), 0)
+SPACES = {
+    "ERM": {"lr": Distribution("loguniform", 1e-4, 1e-2), "batch_size": Distribution("choice", choices=(32, 64))},
+    "Fishr": {"lr": Distribution("loguniform", 1e-4, 1e-2), "lambda": Distribution("loguniform", 10, 1e4),
+              "penalty_anneal_iters": Distribution("int", 0, 500), "ema": 0.95},
+}
+
+
+@dataclass
+class FakeTrial:
+    trial_id: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def result(val_acc: float, step: int, iteration: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"val_acc": val_acc, "step": step, "training_iteration": iteration, **extra}
+
+
+def make_searcher(num_samples: int = 4, sampler: str = "tpe") -> GroupSearcher:
+    searcher = GroupSearcher([STRONG, WEAK], SPACES, num_samples, sampler=sampler, seed=3)
+    assert searcher.set_search_properties("val_acc", "max", {})
+    return searcher
+
+
+def test_space_function_samples_searched_names_and_returns_fixed_ones() -> None:
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    fixed = SpaceFunction.from_mapping(SPACES["Fishr"])(trial)
+    assert fixed == {"ema": 0.95}
+    assert set(trial.params) == {"lr", "lambda", "penalty_anneal_iters"}
+    assert 1e-4 <= trial.params["lr"] <= 1e-2 and isinstance(trial.params["penalty_anneal_iters"], int)
+
+
+def test_suggestions_go_round_robin_and_finish_when_every_group_has_its_samples() -> None:
+    searcher = make_searcher(num_samples=3)
+    configs = [searcher.suggest(f"t{i}") for i in range(6)]
+    assert [c[GROUP_KEY] for c in configs] == [STRONG.key, WEAK.key] * 3
+    assert searcher.suggest("t6") == GroupSearcher.FINISHED
+    fishr = [c for c in configs if c["algorithm"] == "Fishr"]
+    assert all(c["hparams"]["ema"] == 0.95 and "lambda" in c["hparams"] for c in fishr)
+    assert all("lambda" not in c["hparams"] for c in configs if c["algorithm"] == "ERM")
+    assert len({c["seed"] for c in configs}) == 6  # every trial gets its own initialization seed
+
+
+def drive(searcher: GroupSearcher, weak_scores: list[float], rounds: int = 8) -> list[dict[str, Any]]:
+    """Suggest and complete trials; the strong group's score is a fixed function of lr, the weak group's scripted."""
+    strong_configs = []
+    weak_index = 0
+    for i in range(rounds):
+        config = searcher.suggest(f"t{i}")
+        if config[GROUP_KEY] == STRONG.key:
+            strong_configs.append(config["hparams"])
+            score = 1.0 - abs(config["hparams"]["lr"] - 3e-3) * 50
+        else:
+            score = weak_scores[weak_index % len(weak_scores)]
+            weak_index += 1
+        searcher.on_trial_result(f"t{i}", result(score, 100))
+        searcher.on_trial_complete(f"t{i}", result(score, 599))
+    return strong_configs
+
+
+def test_each_group_study_only_contains_its_own_trials() -> None:
+    searcher = make_searcher(num_samples=4)
+    drive(searcher, weak_scores=[0.1, 0.2])
+    strong_values = sorted(t.value for t in searcher.study(STRONG.key).trials)
+    weak_values = sorted(t.value for t in searcher.study(WEAK.key).trials)
+    assert weak_values == [0.1, 0.1, 0.2, 0.2]
+    assert len(strong_values) == 4 and not set(strong_values) & {0.1, 0.2}
+    assert all("lambda" in t.params for t in searcher.study(WEAK.key).trials)
+    assert all("lambda" not in t.params for t in searcher.study(STRONG.key).trials)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_group_suggestions_do_not_depend_on_another_group_results(sampler: str) -> None:
+    """Same seeds, same own results, wildly different results in the other group: identical suggestions.
+
+    TPE leaves its random start-up after 10 trials, so 30 rounds (15 per group) exercise the model-based phase.
+    """
+    first = drive(make_searcher(num_samples=15, sampler=sampler), weak_scores=[0.99, 0.01, 0.5], rounds=30)
+    second = drive(make_searcher(num_samples=15, sampler=sampler), weak_scores=[0.0], rounds=30)
+    assert first == second
+
+
+def test_diverged_and_errored_trials_are_failures_in_their_study() -> None:
+    searcher = make_searcher()
+    searcher.suggest("a")
+    searcher.suggest("b")
+    searcher.on_trial_result("a", result(float("nan"), 50, **{FAILURE_KEY: "non-finite loss"}))
+    searcher.on_trial_complete("a", result(float("nan"), 50, **{FAILURE_KEY: "non-finite loss"}))
+    searcher.on_trial_complete("b", None, error=True)
+    assert [t.state for t in searcher.study(STRONG.key).trials] == [optuna.trial.TrialState.FAIL]
+    assert [t.state for t in searcher.study(WEAK.key).trials] == [optuna.trial.TrialState.FAIL]
+
+
+def test_searcher_state_survives_save_and_restore(tmp_path) -> None:
+    searcher = make_searcher(num_samples=4)
+    drive(searcher, weak_scores=[0.3], rounds=4)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = make_searcher(num_samples=4)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggested == {STRONG.key: 2, WEAK.key: 2}
+    assert len(restored.study(WEAK.key).trials) == 2
+    assert restored.suggest("t4") == searcher.suggest("t4")  # same sampler state: same next suggestion
+
+
+def add(scheduler: GroupScheduler, trial_id: str, group: Group) -> FakeTrial:
+    trial = FakeTrial(trial_id, {GROUP_KEY: group.key})
+    scheduler.on_trial_add(None, trial)
+    return trial
+
+
+def test_a_strong_group_never_stops_a_weak_group_trial() -> None:
+    scheduler = GroupScheduler([STRONG.key, WEAK.key], max_t=1000, grace_period=100, reduction_factor=2)
+    for i in range(4):
+        strong = add(scheduler, f"s{i}", STRONG)
+        assert scheduler.on_trial_result(None, strong, result(0.90 + 0.01 * i, 100)) == "CONTINUE"
+    weak = add(scheduler, "w0", WEAK)
+    # Far below every strong trial, but the first of its own group at this rung: it continues.
+    assert scheduler.on_trial_result(None, weak, result(0.30, 100)) == "CONTINUE"
+    better_weak = add(scheduler, "w1", WEAK)
+    assert scheduler.on_trial_result(None, better_weak, result(0.35, 100)) == "CONTINUE"
+    # Within its own group ASHA still works: the worst of the weak group is stopped.
+    worse_weak = add(scheduler, "w2", WEAK)
+    assert scheduler.on_trial_result(None, worse_weak, result(0.10, 100)) == "STOP"
+    assert scheduler.stopped_early == {"w2"}
+    # ...and a strong trial below the strong median is stopped although it beats every weak trial.
+    lagging = add(scheduler, "s9", STRONG)
+    assert scheduler.on_trial_result(None, lagging, result(0.80, 100)) == "STOP"
+
+
+def test_one_shared_asha_would_have_stopped_the_weak_trial() -> None:
+    """The control for the test above: with all trials in one group the weak trial dies at its first rung."""
+    pooled = Group("ColoredMNIST-IRM", "pooled", (2,), 0)
+    scheduler = GroupScheduler([pooled.key], max_t=1000, grace_period=100, reduction_factor=2)
+    for i in range(4):
+        scheduler.on_trial_result(None, add(scheduler, f"s{i}", pooled), result(0.90 + 0.01 * i, 100))
+    assert scheduler.on_trial_result(None, add(scheduler, "w0", pooled), result(0.30, 100)) == "STOP"
+
+
+def test_failure_result_stops_the_trial_and_does_not_enter_the_rung() -> None:
+    scheduler = GroupScheduler([STRONG.key], max_t=1000, grace_period=100, reduction_factor=2)
+    trial = add(scheduler, "x", STRONG)
+    assert scheduler.on_trial_result(None, trial, result(float("nan"), 100, **{FAILURE_KEY: "nan"})) == "STOP"
+    scheduler.on_trial_complete(None, trial, result(float("nan"), 100, **{FAILURE_KEY: "nan"}))
+    assert all(not recorded for _, recorded in scheduler.schedulers[STRONG.key]._brackets[0]._rungs)
+
+
+def test_no_early_stopping_continues_every_trial_to_the_end() -> None:
+    scheduler = GroupScheduler([STRONG.key], max_t=1000, grace_period=None)
+    for i, score in enumerate([0.9, 0.1, 0.05]):
+        assert scheduler.on_trial_result(None, add(scheduler, f"t{i}", STRONG), result(score, 500)) == "CONTINUE"

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import time
+
+from mlflow.tracking import MlflowClient
+
+from fishr_tune.tracking import KEY_TAG, MlflowJournal
+
+
+def write_trial(journal: MlflowJournal, key: str, steps: list[int]) -> None:
+    journal.start_run(key, f"Fishr te2 ts0 {key}", parent="sweep", params={"lambda": 1000.0}, tags={"algorithm": "Fishr"})
+    for step in steps:
+        journal.log_metrics(key, {"env0_in_acc": step / 100, "val_acc": step / 200}, step=step, timestamp_ms=1_000 + step)
+    journal.end_run(key)
+
+
+def metric_points(client: MlflowClient, run_id: str, name: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+
+
+def test_parent_and_child_runs_in_sqlite(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    journal = MlflowJournal(tmp_path / "journal", uri, "quickstart")
+    journal.start_run("sweep", "quickstart", params={"steps": 600})
+    write_trial(journal, "t1", [0, 100, 200])
+    assert journal.pending() == 6
+    assert journal.flush() == 0
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2
+    child = next(r for r in runs if r.data.tags[KEY_TAG] == "t1")
+    assert child.data.tags["mlflow.parentRunId"] == journal.run_id("sweep")
+    assert child.data.params["lambda"] == "1000.0" and child.data.tags["algorithm"] == "Fishr"
+    assert child.info.status == "FINISHED"
+    assert metric_points(client, child.info.run_id, "env0_in_acc") == [(0, 0.0), (100, 1.0), (200, 2.0)]
+
+
+def test_replaying_the_journal_duplicates_nothing(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    journal = MlflowJournal(tmp_path / "journal", uri, "replay")
+    journal.start_run("sweep", "replay")
+    write_trial(journal, "t1", [0, 100])
+    journal.flush()
+    # as if the process died after sending but before recording what was sent, and lost its run map too
+    (tmp_path / "journal" / "sent").write_text("0")
+    (tmp_path / "journal" / "runs.json").unlink()
+    assert journal.flush(force=True) == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("replay").experiment_id])
+    assert len(runs) == 2
+    child = next(r for r in runs if r.data.tags[KEY_TAG] == "t1")
+    assert metric_points(client, child.info.run_id, "val_acc") == [(0, 0.0), (100, 0.5)]
+
+
+def test_a_retried_trial_continues_its_own_run(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    journal = MlflowJournal(tmp_path / "journal", uri, "retry")
+    journal.start_run("sweep", "retry")
+    write_trial(journal, "t1", [0, 100])
+    journal.flush()
+    write_trial(journal, "t1", [100, 200])  # the retry starts again from its checkpoint at step 100
+    journal.flush()
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("retry").experiment_id], filter_string=f"tags.`{KEY_TAG}` = 't1'")
+    assert len(runs) == 1
+    steps = [s for s, _ in metric_points(client, runs[0].info.run_id, "val_acc")]
+    assert steps == [0, 100, 200]
+
+
+def test_server_outage_loses_and_duplicates_nothing(tmp_path, mlflow_server) -> None:
+    journal = MlflowJournal(tmp_path / "journal", mlflow_server.uri, "outage")
+    journal.start_run("sweep", "outage")
+    write_trial(journal, "t1", [0, 100])
+    assert journal.flush() == 0
+    mlflow_server.stop()
+    write_trial(journal, "t2", [0, 100, 200])
+    started = time.monotonic()
+    assert journal.flush(force=True) == 5
+    assert time.monotonic() - started < 30, "an unreachable server must fail fast"
+    assert journal.last_error
+    mlflow_server.start()
+    assert journal.flush(force=True) == 0
+    client = MlflowClient(mlflow_server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
+    assert sorted(r.data.tags[KEY_TAG] for r in runs) == ["sweep", "t1", "t2"]
+    t2 = next(r for r in runs if r.data.tags[KEY_TAG] == "t2")
+    assert metric_points(client, t2.info.run_id, "env0_in_acc") == [(0, 0.0), (100, 1.0), (200, 2.0)]
+
+
+def test_sync_reopens_a_journal(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    journal = MlflowJournal(tmp_path / "journal", "http://127.0.0.1:9", "later")
+    journal.start_run("sweep", "later")
+    assert journal.flush(force=True) == 1
+    reopened = MlflowJournal.open_existing(tmp_path / "journal", tracking_uri=uri)
+    assert reopened.flush() == 0
+    assert MlflowClient(uri).get_experiment_by_name("later") is not None
+
+
+def test_mlflow_sync_command(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from fishr_tune.cli import main
+
+    journal = MlflowJournal(tmp_path / "sweep" / "mlflow", "http://127.0.0.1:9", "synced")
+    journal.start_run("sweep", "synced")
+    write_trial(journal, "t1", [0])
+    runner = CliRunner()
+    down = runner.invoke(main, ["mlflow-sync", str(tmp_path / "sweep")])
+    assert down.exit_code == 1 and "4 still pending" in down.output
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    up = runner.invoke(main, ["mlflow-sync", str(tmp_path / "sweep"), "--tracking-uri", uri])
+    assert up.exit_code == 0 and "4 operations sent" in up.output
+    assert len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("synced").experiment_id])) == 2
+    missing = runner.invoke(main, ["mlflow-sync", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no MLflow journal here" in missing.output
