@@ -1,7 +1,7 @@
 """Runs a sweep on the Ray cluster this script is started on: what `ray submit <cluster.yaml> <this file>` runs.
 
     ray submit clusters/aws.yaml clusters/launch_sweep.py search_spaces/pacs_fishr.yaml \
-        --storage-path /mnt/fishr-tune/sweeps --tracking-uri http://127.0.0.1:5000
+        --storage-path s3://<bucket>/fishr-tune/sweeps --tracking-uri http://127.0.0.1:5000
 
 `ray submit` uploads this file alone to the head's home directory and runs it there, so a search-space path that
 is not found from the current directory is looked up in the repository the cluster installed (`pip install -e`

@@ -42,8 +42,8 @@ def resolve_tracking_uri(uri: str) -> str:
     return uri
 
 
-def open_journal(spec: SweepSpec, experiment_dir: Path) -> MlflowJournal:
-    return MlflowJournal(experiment_dir / JOURNAL_DIR, resolve_tracking_uri(spec.settings.tracking_uri), spec.name)
+def open_journal(spec: SweepSpec, journal_dir: Path) -> MlflowJournal:
+    return MlflowJournal(journal_dir, resolve_tracking_uri(spec.settings.tracking_uri), spec.name)
 
 
 def trial_run_name(config: dict[str, Any], trial_id: str) -> str:

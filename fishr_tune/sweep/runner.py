@@ -19,6 +19,7 @@ from fishr_tune.errors import ConfigError
 from fishr_tune.sweep.mlflow_callback import MlflowCallback, finish_sweep_run, open_journal
 from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY, make_search
 from fishr_tune.sweep.spec import SweepSpec
+from fishr_tune.sweep.storage import SweepLocation
 from fishr_tune.sweep.trainable import STEPS_TRAINED, dataset_key, sweep_trainable
 
 SPEC_FILE = "sweep_spec.yaml"
@@ -82,7 +83,7 @@ class SweepSummary:
         if self.mlflow_pending:
             out.append(
                 f"MLflow: {self.mlflow_pending} operations not yet sent to {self.tracking_uri} ({self.mlflow_error}); "
-                f"they are kept in {self.mlflow_journal}: run `fishr-tune mlflow-sync {self.experiment_dir}` once it is reachable"
+                f"they are kept in {self.mlflow_journal}: run `fishr-tune mlflow-sync {self.mlflow_journal}` once it is reachable"
             )
         elif self.tracking_uri:
             out.append(f"MLflow: experiment {self.name!r} in {self.tracking_uri}")
@@ -129,13 +130,13 @@ def count_groups(trials: Sequence[Any], spec: SweepSpec) -> dict[str, GroupCount
     return groups
 
 
-def summarize(trials: Sequence[Any], spec: SweepSpec, experiment_dir: Path, wall_time_s: float) -> SweepSummary:
+def summarize(trials: Sequence[Any], spec: SweepSpec, experiment_dir: str, wall_time_s: float) -> SweepSummary:
     groups = count_groups(trials, spec)
     outcomes = [trial_outcome(t, spec.settings.steps) for t in trials]
     never_started = spec.total_samples - len(trials)
     return SweepSummary(
         name=spec.name,
-        experiment_dir=str(experiment_dir),
+        experiment_dir=experiment_dir,
         trials=len(trials),
         finished=outcomes.count("finished"),
         stopped_early=outcomes.count("stopped_early"),
@@ -226,33 +227,33 @@ class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
             self.live = None
 
 
-def experiment_dir(spec: SweepSpec) -> Path:
-    return Path(spec.settings.storage_path).expanduser().resolve() / spec.name
+def experiment_dir(spec: SweepSpec) -> SweepLocation:
+    return SweepLocation.of(spec.settings.storage_path, spec.name)
 
 
 def _spec_snapshot(spec: SweepSpec) -> dict[str, Any]:
     return spec.settings.model_dump(mode="json")
 
 
-def check_experiment_dir(spec: SweepSpec, resume: bool) -> Path:
+def check_experiment_dir(spec: SweepSpec, resume: bool) -> SweepLocation:
     """A new sweep needs a fresh directory; --resume needs the directory of the same sweep."""
     from ray.tune import Tuner
 
-    path = experiment_dir(spec)
-    exists = path.exists() and Tuner.can_restore(str(path))
+    location = experiment_dir(spec)
+    exists = Tuner.can_restore(location.uri)
     if resume and not exists:
-        raise ConfigError(f"--resume: no sweep to continue in {path}")
+        raise ConfigError(f"--resume: no sweep to continue in {location.uri}")
     if not resume and exists:
-        raise ConfigError(f"{path} already holds sweep {spec.name!r}; pass --resume to continue it, or use another --name")
-    saved = path / SPEC_FILE
-    if resume and saved.exists():
-        previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        raise ConfigError(f"{location.uri} already holds sweep {spec.name!r}; pass --resume to continue it, or use another --name")
+    saved = location.read_text(SPEC_FILE) if resume else None
+    if saved is not None:
+        previous = yaml.safe_load(saved) or {}
         mine = _spec_snapshot(spec)
         ignored = {"storage_path", "tracking_uri", "max_failures"}
         changed = sorted(k for k in mine if k not in ignored and previous.get(k) != mine[k])
         if changed:
-            raise ConfigError(f"--resume: the sweep in {path} was started with different settings ({', '.join(changed)})")
-    return path
+            raise ConfigError(f"--resume: the sweep in {location.uri} was started with different settings ({', '.join(changed)})")
+    return location
 
 
 def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
@@ -350,7 +351,7 @@ def run_sweep(
     # Frequent per-trial checkpoints are by design here (every record); Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = time.monotonic()
-    path = check_experiment_dir(spec, resume)
+    location = check_experiment_dir(spec, resume)
     settings = spec.settings
     datasets = build_datasets(spec)
     started_ray = ensure_ray(address, num_cpus)
@@ -370,18 +371,17 @@ def run_sweep(
         resources = {"cpu": settings.resources.cpu, "gpu": settings.resources.gpu}
         wrapped = tune.with_resources(tune.with_parameters(trainable, dataset_refs=dataset_refs, run=run_settings), resources)
         progress = ProgressCallback(spec, stream)
-        journal = open_journal(spec, path)
+        journal = open_journal(spec, location.journal_dir)
         mlflow_callback = MlflowCallback(spec, journal)
         mlflow_callback.start_sweep_run()
         run_callbacks = [progress, mlflow_callback, *callbacks]
         if resume:
-            tuner = tune.Tuner.restore(str(path), trainable=wrapped, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(location.uri, trainable=wrapped, resume_unfinished=True, resume_errored=True)
             # Tuner.restore brings back the first session's callbacks; this session's display (and any callbacks
             # the caller passes now) replace them. Tuner has no public setter for this in Ray 2.60.
             tuner._local_tuner.get_run_config().callbacks = run_callbacks
         else:
-            path.mkdir(parents=True, exist_ok=True)
-            (path / SPEC_FILE).write_text(yaml.safe_dump(_spec_snapshot(spec), sort_keys=False), encoding="utf-8")
+            location.write_text(SPEC_FILE, yaml.safe_dump(_spec_snapshot(spec), sort_keys=False))
             searcher, scheduler = make_search(spec)
             tuner = tune.Tuner(
                 wrapped,
@@ -392,7 +392,7 @@ def run_sweep(
                 ),
                 run_config=tune.RunConfig(
                     name=spec.name,
-                    storage_path=str(path.parent),
+                    storage_path=location.storage_path,
                     failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     callbacks=run_callbacks,
@@ -400,8 +400,8 @@ def run_sweep(
                 ),
             )
         tuner.fit()
-        summary = summarize(progress.trials, spec, path, time.monotonic() - started)
-        (path / SUMMARY_FILE).write_text(summary.to_json() + "\n", encoding="utf-8")
+        summary = summarize(progress.trials, spec, location.uri, time.monotonic() - started)
+        location.write_text(SUMMARY_FILE, summary.to_json() + "\n")
         summary.mlflow_pending = finish_sweep_run(mlflow_callback, summary)
         summary.mlflow_error = journal.last_error
         summary.mlflow_journal = str(journal.directory)
