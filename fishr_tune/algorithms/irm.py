@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fishr_tune.algorithms.base import Minibatches, register_algorithm, split_logits
-from fishr_tune.algorithms.erm import ERM
+from fishr_tune.algorithms.base import register_algorithm
+from fishr_tune.algorithms.penalized import AnnealedPenaltyERM
 from fishr_tune.hparams import HParam, loguniform
 
 
@@ -27,26 +27,13 @@ def irm_penalty(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @register_algorithm("IRM")
-class IRM(ERM):
+class IRM(AnnealedPenaltyERM):
     HPARAMS = {
         "irm_lambda": HParam(1e2, loguniform(-1, 5), "penalty weight from irm_penalty_anneal_iters on (1.0 before)"),
         "irm_penalty_anneal_iters": HParam(500, loguniform(0, 4, integer=True), "steps with penalty weight 1.0; Adam restarts then"),
     }
-    UPDATE_KEYS = ("loss", "nll", "penalty")
+    LAMBDA = "irm_lambda"
+    ANNEAL_ITERS = "irm_penalty_anneal_iters"
 
-    def update(self, minibatches: Minibatches) -> dict[str, float]:
-        anneal_iters = self.hparams["irm_penalty_anneal_iters"]
-        penalty_weight = self.hparams["irm_lambda"] if self.update_count >= anneal_iters else 1.0
-        all_logits = self.network(torch.cat([x for x, _ in minibatches]))
-        per_domain = list(zip(split_logits(all_logits, minibatches), (y for _, y in minibatches)))
-        nll = torch.stack([F.cross_entropy(logits, y) for logits, y in per_domain]).mean()
-        penalty = torch.stack([irm_penalty(logits, y) for logits, y in per_domain]).mean()
-        loss = nll + penalty_weight * penalty
-        if self.update_count == anneal_iters != 0:
-            # Adam restarts at the jump in the penalty weight (DomainBed: "it doesn't like the sharp jump").
-            self.optimizer = self.make_adam(self.network.parameters())
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        self.update_count += 1
-        return {"loss": loss.item(), "nll": nll.item(), "penalty": penalty.item()}
+    def penalty(self, domain_logits, domain_labels, domain_losses):
+        return torch.stack([irm_penalty(logits, y) for logits, y in zip(domain_logits, domain_labels)]).mean()

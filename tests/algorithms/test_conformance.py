@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -74,14 +73,6 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 def name(request: pytest.FixtureRequest) -> str:
     return request.param
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and lose a lot to them on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("num_domains", [2, 3])

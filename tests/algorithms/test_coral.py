@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,14 +12,6 @@ from fishr_tune.algorithms.coral import CORAL, coral_distance
 from fishr_tune.hparams import default_hparams
 from fishr_tune.training import seed_everything
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and lose a lot to them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def centred_sample(n: int = 64, d: int = 4, seed: int = 0) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,14 +13,6 @@ from fishr_tune.hparams import default_hparams
 
 INPUT_SHAPE = (2, 14, 14)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and lose a lot to them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(eta: float = 1e-2, num_domains: int = 3, seed: int = 0) -> GroupDRO:
