@@ -44,7 +44,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of the settings below; flags override it.")
-@click.option("--dataset", help="ColoredMNIST-IRM (default), ColoredMNIST or RotatedMNIST.")
+@click.option("--dataset", help="ColoredMNIST-IRM (default), ColoredMNIST, RotatedMNIST, VLCS, PACS, OfficeHome, TerraIncognita or DomainNet.")
 @click.option("--algorithm", help="A registered algorithm: ERM (default), Fishr, IRM, VREx, ...")
 @click.option("--test-envs", help="Comma-separated held-out environment indices (default: 2).")
 @click.option("--hparams", "hparams_json", help='JSON object overriding hyperparameters, e.g. \'{"lambda": 1000}\'.')
@@ -55,10 +55,11 @@ def main() -> None:
 @click.option("--checkpoint-freq", type=int, help="Evaluate and record every N steps (default: 100 for MNIST datasets).")
 @click.option("--holdout-fraction", type=float, help="Share of each environment held out as its `out` split (default 0.2).")
 @click.option("--label-noise", type=float, help="Colored MNIST label-flip probability (default 0.25).")
-@click.option("--data-dir", help="Directory with MNIST/raw (torchvision layout). Default: $FISHR_TUNE_DATA, else the embedded 5,000 digits.")
-@click.option("--download", is_flag=True, default=None, help="Download MNIST into --data-dir (needs internet).")
+@click.option("--data-dir", help="Directory with MNIST/raw (torchvision layout) or DomainBed's image folders (PACS/, VLCS/, ...). Default: $FISHR_TUNE_DATA, else the embedded 5,000 digits.")
+@click.option("--download", is_flag=True, default=None, help="Download the dataset into --data-dir (needs internet).")
 @click.option("--output-dir", help="Where results.jsonl, checkpoint.pt and config.yaml go (default: runs/<dataset>_<algorithm>_...).")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--num-workers", type=int, help="Image datasets: DataLoader worker processes (default: CPUs available less one, at most 8).")
 @click.option("--resume", is_flag=True, help="Continue the run already in --output-dir from its last checkpoint.")
 @exits_2_on_bad_input
 def train(config_file: str | None, hparams_json: str | None, test_envs: str | None, resume: bool, **flags: Any) -> None:
@@ -117,6 +118,324 @@ class RecordPrinter:
             else:
                 cells.append(str(value).ljust(self.WIDTH))
         click.echo("  ".join(cells))
+
+
+@main.group()
+def reproduce() -> None:
+    """Reproduce published results with the original scripts' protocols."""
+
+
+@reproduce.command("colored-mnist-irm")
+@click.option("--algorithms", default="ERM,IRM,VREx,Fishr", show_default=True, help="Comma-separated: ERM, IRM, VREx, Fishr.")
+@click.option("--restarts", type=int, default=10, show_default=True, help="Restarts per algorithm (the paper: 10).")
+@click.option("--data-dir", help="Directory with MNIST/raw (torchvision layout). Default: $FISHR_TUNE_DATA, else the embedded 5,000 digits.")
+@click.option("--steps", type=int, default=501, show_default=True, help="Full-batch optimizer steps.")
+@click.option("--label-noise", type=float, default=0.25, show_default=True, help="Label-flip probability (0 is the paper's Table 5 setting).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Restart r uses seed*1000+r for its data and initialization.")
+@click.option("--address", help="Ray cluster address (e.g. 'auto' or ray://host:10001). Default: a local Ray.")
+@click.option("--cpus-per-restart", type=float, help="CPUs each Ray task asks for, also its torch threads (default 1).")
+@click.option("--no-ray", is_flag=True, help="Run the restarts sequentially in this process.")
+@click.option("--output", "output_file", type=click.Path(dir_okay=False), help="Write per-restart results and the summary as JSON.")
+@click.option("--format", "output_format", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@exits_2_on_bad_input
+def reproduce_colored_mnist_irm(algorithms: str, restarts: int, data_dir: str | None, steps: int, label_noise: float,
+                                seed: int, address: str | None, cpus_per_restart: float | None, no_ray: bool,
+                                output_file: str | None, output_format: str) -> None:
+    """The Fishr paper's Table 2 (Colored MNIST, IRM setup): train / test / gray test accuracy, ours beside the paper's."""
+    from pathlib import Path
+
+    from fishr_tune import reproduce as rep
+
+    names = rep.parse_algorithms(algorithms)
+    config = rep.ScriptConfig(steps=steps, label_noise=label_noise)
+    config.check()
+    say = functools.partial(click.echo, err=output_format == "json")
+
+    def on_dataset(dataset: Any) -> None:
+        say(f"Data (restart 0): {dataset.summary()}")
+        say(f"Running {len(names)} algorithm(s) x {restarts} restart(s), {steps} full-batch steps, label noise {label_noise:g}")
+
+    def save(reproduction: Any) -> None:
+        if output_file:
+            Path(output_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(output_file).write_text(json.dumps(reproduction.to_json(), indent=2))
+
+    def on_result(result: Any, done: int, total: int, reproduction: Any) -> None:
+        save(reproduction)
+        say(f"[{done}/{total}] {result.algorithm} restart {result.restart} (seed {result.seed}): train {100 * result.train_acc:.1f} "
+            f"test {100 * result.test_acc:.1f} gray test {100 * result.gray_test_acc:.1f} ({result.wall_s:.0f} s)")
+
+    reproduction = rep.run_reproduction(
+        names, restarts, config, seed=seed, data_dir=data_dir, use_ray=not no_ray, address=address,
+        cpus_per_restart=cpus_per_restart, on_dataset=on_dataset, on_result=on_result,
+        on_progress=functools.partial(click.echo, err=output_format == "json"),
+    )
+    save(reproduction)
+    if output_file:
+        say(f"Results: {output_file}")
+    say(f"Wall time: {reproduction.wall_s:.0f} s ({reproduction.executor})")
+    if output_format == "json":
+        click.echo(json.dumps(reproduction.to_json(), indent=2))
+    else:
+        click.echo(rep.FORMATS[output_format](reproduction))
+
+
+@main.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.option("--num-samples", type=int, help="Configurations per group (overrides search.num_samples).")
+@click.option("--steps", type=int, help="Optimizer steps per trial (overrides steps).")
+@click.option("--name", help="Sweep name = experiment directory under the storage path (overrides name).")
+@click.option("--storage-path", help="Where the experiment directory goes (overrides storage_path).")
+@click.option("--tracking-uri", help="MLflow tracking URI (overrides tracking_uri).")
+@click.option("--address", help="Ray cluster to join, e.g. 'auto' or 'host:6379'. Default: a local Ray on this machine.")
+@click.option("--num-cpus", type=int, help="CPUs of the local Ray (default: all of this machine's). Ignored with --address.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted sweep in <storage path>/<name>; finished trials are not rerun.")
+@exits_2_on_bad_input
+def sweep(spec_file: str, address: str | None, num_cpus: int | None, resume: bool, **overrides: Any) -> None:
+    """Search hyperparameters on Ray Tune: per-group TPE and ASHA for every (algorithm, test envs, trial seed)."""
+    from fishr_tune.sweep.runner import run_sweep
+    from fishr_tune.sweep.spec import load_spec
+
+    spec = load_spec(spec_file).with_overrides(**overrides)
+    if num_cpus is not None and num_cpus <= 0:
+        raise ConfigError(f"--num-cpus: expected a positive number of CPUs, got {num_cpus}")
+    summary = run_sweep(spec, resume=resume, address=address, num_cpus=num_cpus)
+    for line in summary.lines():
+        click.echo(line)
+    if summary.interrupted:
+        sys.exit(130)
+
+
+@main.group()
+def data() -> None:
+    """Image datasets in DomainBed's folders: download them (online) and check a data directory."""
+
+
+@data.command("download")
+@click.argument("name")
+@click.option("--data-dir", required=True, help="Where the dataset folder goes (DATA_DIR/<dataset folder>/...).")
+@click.option("--keep-archives", is_flag=True, help="Keep the downloaded archives next to the data.")
+@exits_2_on_bad_input
+def data_download(name: str, data_dir: str, keep_archives: bool) -> None:
+    """Fetch, verify, unpack and count one of VLCS, PACS, OfficeHome, TerraIncognita, DomainNet (needs internet)."""
+    from pathlib import Path
+
+    from fishr_tune.data.download import check_data_dir, download_dataset
+
+    Path(data_dir).expanduser().mkdir(parents=True, exist_ok=True)
+    folder = download_dataset(name, data_dir, keep_archives=keep_archives)
+    click.echo(f"{name}: unpacked into {folder}")
+    print_data_reports(check_data_dir(data_dir, [name]))
+
+
+@data.command("check")
+@click.option("--data-dir", required=True, help="The directory holding DomainBed's dataset folders (VLCS/, PACS/, ...).")
+@click.option("--dataset", "names", multiple=True, help="Check only this dataset (repeatable). Default: all five.")
+@exits_2_on_bad_input
+def data_check(data_dir: str, names: tuple[str, ...]) -> None:
+    """Which image datasets are present and complete: environments, classes and images against DomainBed's counts."""
+    from fishr_tune.data.download import check_data_dir
+
+    print_data_reports(check_data_dir(data_dir, list(names) or None))
+
+
+def print_data_reports(reports: list[Any]) -> None:
+    """One Rich table row per dataset, then the problems found (each names its folder)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fishr_tune.data.images import IMAGE_DATASETS
+
+    colours = {"complete": "green", "differs": "yellow", "incomplete": "yellow", "invalid": "red", "missing": "dim"}
+    table = Table(title="Image datasets")
+    for column in ("dataset", "status", "folder", "classes", "images per environment", "images"):
+        table.add_column(column)
+    for report in reports:
+        info = IMAGE_DATASETS[report.name]
+        per_env = ", ".join(f"{env} {count:,}" for env, count in report.environments.items()) or "-"
+        classes = f"{report.num_classes}/{info.num_classes}" if report.num_classes is not None else f"-/{info.num_classes}"
+        table.add_row(report.name, f"[{colours[report.status]}]{report.status}[/]", str(report.folder), classes, per_env,
+                      f"{report.images:,}/{info.total_images:,}")
+    console = Console(width=160)
+    console.print(table)
+    for report in reports:
+        for problem in report.problems:
+            console.print(f"{report.name}: {problem}", markup=False, highlight=False)
+
+
+@main.command("mlflow-sync")
+@click.argument("experiment_dir", type=click.Path(file_okay=False))
+@click.option("--tracking-uri", help="Send to this tracking URI instead of the sweep's own (e.g. after the server moved).")
+@exits_2_on_bad_input
+def mlflow_sync(experiment_dir: str, tracking_uri: str | None) -> None:
+    """Send a sweep's MLflow records that could not be sent while it ran (server down or unreachable).
+
+    EXPERIMENT_DIR is the sweep's directory (<storage path>/<name>), or the journal directory that the sweep's
+    summary names (for sweeps stored on S3 or GCS the journal stays on the driver, under ~/.cache/fishr-tune).
+    Safe to run any number of times, also while the sweep runs: nothing is sent twice.
+    """
+    from pathlib import Path
+
+    from fishr_tune.sweep.mlflow_callback import JOURNAL_DIR
+    from fishr_tune.tracking import MlflowJournal
+
+    directory = Path(experiment_dir)
+    if not (directory / "settings.json").exists():  # the sweep's directory rather than its journal
+        directory = directory / JOURNAL_DIR
+    journal = MlflowJournal.open_existing(directory, tracking_uri)
+    before = journal.pending()
+    remaining = journal.flush(force=True)
+    if remaining:
+        click.echo(f"{before - remaining} of {before} operations sent to {journal.tracking_uri}; {remaining} still pending "
+                   f"({journal.last_error})", err=True)
+        sys.exit(1)
+    click.echo(f"{before} operations sent to {journal.tracking_uri}; nothing pending")
+
+
+ANALYZE_HELP = """Best configurations and DomainBed-style results under the three model-selection methods.
+
+\b
+Sources (one of):
+  --experiment NAME   a sweep's MLflow experiment (its trial runs) in --tracking-uri
+  --records PATH      a Ray Tune results dir, a parquet export (--export), or a directory of
+                      results.jsonl files (a DomainBed sweep output dir, fishr-tune train dirs)
+
+Per dataset, a table: rows are algorithms, columns the test environments then their average; each cell is
+the test accuracy of the selected checkpoint, mean ± standard error over trial seeds, in percent. A group
+(dataset, algorithm, test env, trial seed) selects one run and checkpoint:
+
+\b
+  training_domain  best mean out-split accuracy of the training envs, over every checkpoint
+                   of every run: runs stopped early by ASHA compete with the checkpoints they reached.
+  leave_one_out    the configuration run with test envs {t} and {t, v} for every other env v;
+                   validates on v's accuracy. A step counts only where every such run reached it,
+                   so a stopped run removes its configuration's later steps. Needs 'pairs' sweeps
+                   with the same configurations in every group (DomainBed's random sweeps).
+  oracle           the test env's out split, last checkpoint only, complete runs only: runs
+                   stopped early are left out.
+
+--best-config FILE writes the selected run as a `fishr-tune train --config` file (one selected group), or
+one best_<algorithm>_te<k>_ts<s>.yaml per group next to FILE; narrow with --algorithm/--test-env/--trial-seed.
+It follows --selection (training_domain when all three methods are shown).
+Plots (PNG) are made only with --plots DIR; when reading MLflow they are also logged to the sweep's parent run.
+"""
+
+
+@main.command(help=ANALYZE_HELP)
+@click.option("--experiment", help="MLflow experiment = the sweep's name.")
+@click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True, help="MLflow store to read --experiment from.")
+@click.option("--records", "records_path", help="Ray results dir, parquet export, or dir of results.jsonl files.")
+@click.option("--selection", "selection_name", help="training_domain, leave_one_out or oracle (default: all three).")
+@click.option("--format", "output_format", default="table", show_default=True, help="table (Rich), markdown, latex or json.")
+@click.option("--algorithm", help="Only this algorithm.")
+@click.option("--test-env", type=int, help="Only groups with this test environment index.")
+@click.option("--trial-seed", type=int, help="Only this trial seed.")
+@click.option("--best-config", "best_config", type=click.Path(dir_okay=False), help="Write the selected run's TrainConfig YAML here.")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False), help="Write the long records table as parquet.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write PNG plots into this directory.")
+@exits_2_on_bad_input
+def analyze(experiment: str | None, tracking_uri: str, records_path: str | None, selection_name: str | None,
+            output_format: str, algorithm: str | None, test_env: int | None, trial_seed: int | None,
+            best_config: str | None, export_path: str | None, plots_dir: str | None) -> None:
+    from fishr_tune import analyze as an
+    from fishr_tune import report
+    from fishr_tune.selection import SELECTION_METHODS
+
+    if output_format not in report.FORMATS:
+        raise ConfigError(f"--format: expected one of {', '.join(report.FORMATS)}, got {output_format!r}")
+    if selection_name is not None and selection_name not in SELECTION_METHODS:
+        raise ConfigError(f"--selection: expected one of {', '.join(SELECTION_METHODS)}, got {selection_name!r}")
+    if (experiment is None) == (records_path is None):
+        raise ConfigError("give exactly one source: --experiment NAME (MLflow) or --records PATH")
+    methods = (selection_name,) if selection_name else SELECTION_METHODS
+    if best_config and len(methods) != 1:
+        methods_for_best = "training_domain"
+    else:
+        methods_for_best = methods[0]
+    note = functools.partial(click.echo, err=True)
+    sweep = None
+    if experiment is not None:
+        sweep = an.from_mlflow(tracking_uri, experiment, progress=_rich_progress)
+        table = sweep.table
+    else:
+        table = an.gather_files(records_path)  # type: ignore[arg-type]
+    if table.empty:
+        raise ConfigError(f"no records in {'experiment ' + repr(experiment) if experiment else records_path}")
+    if export_path:
+        an.export_parquet(table, export_path)
+        note(f"Records: {len(table):,} rows written to {export_path}")
+    prepared = an.filter_groups(an.selection_table(table), algorithm=algorithm, test_env=test_env, trial_seed=trial_seed)
+    if prepared.empty:
+        raise ConfigError("no records left after --algorithm/--test-env/--trial-seed")
+    selected = an.selections(prepared, methods)
+    if test_env is not None:
+        selected = {m: f[f["test_env"] == test_env] for m, f in selected.items()}
+    summaries = an.summaries_of(selected)
+    varying = an.varying_hparams(prepared)
+    if output_format == "json":
+        click.echo(json.dumps(an.results_json(summaries), sort_keys=True))
+    elif output_format == "table":
+        print_analysis(summaries, selected, varying)
+    else:
+        click.echo(report.render(summaries, output_format))
+        click.echo()
+        click.echo(report.render_selected(selected, output_format, varying))
+    if best_config:
+        if methods_for_best not in selected:
+            selected.update(an.selections(prepared, (methods_for_best,)))
+        bests = an.best_configs(prepared, selected[methods_for_best], methods_for_best)
+        written = an.write_best_configs(bests, best_config)
+        for best in bests:
+            problem = an.check_best_config(best)
+            if problem:
+                note(f"Warning: {best.file_name()}: fishr-tune train would refuse it: {problem}")
+        if len(written) == 1:
+            note(f"Best configuration ({methods_for_best}): {written[0]}")
+        else:
+            note(f"Best configurations ({methods_for_best}): {len(written)} groups selected, one file each in "
+                 f"{written[0].parent}: {', '.join(p.name for p in written)} (narrow with --algorithm/--test-env/--trial-seed)")
+    if plots_dir:
+        paths = an.make_plots(prepared, plots_dir)
+        if sweep is not None:
+            an.log_plots_to_mlflow(sweep, paths)
+        note(f"Plots: {len(paths)} PNG files in {plots_dir}" + (" (also logged to the sweep's parent run)" if sweep and sweep.parent_run_id else ""))
+
+
+def _rich_progress(items: Any, total: int, description: str) -> Any:
+    """A Rich progress bar on stderr while MLflow runs are read (their metric histories are one request each)."""
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(items, total=total, description=description, console=Console(stderr=True), transient=True)
+
+
+def print_analysis(summaries: Any, selected: Any, varying: Any) -> None:
+    """Rich tables: results per method and dataset, then the selected run and hyperparameters per group."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fishr_tune import report
+
+    console = Console(width=max(120, Console().width))
+    for method, summary in summaries.items():
+        title = report.SELECTION_TITLES[method]
+        if summary.empty:
+            console.print(f"Model selection: {title}: no group has the runs this method needs")
+            continue
+        for dataset in sorted(summary["dataset"].unique()):
+            header, rows = report.result_grid(summary, dataset)
+            table = Table(title=f"{dataset}: {title} (test accuracy %, mean ± s.e. over trial seeds)")
+            for i, column in enumerate(header):
+                table.add_column(column, justify="left" if i == 0 else "right")
+            for row in rows:
+                table.add_row(*row)
+            console.print(table)
+            chosen = Table(title=f"{dataset}: selected by {title}")
+            for i, column in enumerate(report.SELECTED_HEADER):
+                chosen.add_column(column, justify="right" if 2 <= i <= 6 else "left")
+            for row in report.selected_hparams_table(selected[method], dataset, varying):
+                chosen.add_row(*row)
+            console.print(chosen)
 
 
 if __name__ == "__main__":
