@@ -1,6 +1,7 @@
 """IRM: DomainBed's IRMv1 penalty (dummy-scale gradients on two halves); the shared schedule is in test_penalized.py."""
 
 from __future__ import annotations
+
 import math
 
 import pytest
@@ -10,7 +11,6 @@ import torch.nn.functional as F
 from fishr_tune.algorithms.irm import dummy_scale_gradient, irm_penalty
 from fishr_tune.hparams import hparam_space
 
-INPUT_SHAPE = (2, 14, 14)
 DATASET = "ColoredMNIST-IRM"
 
 

@@ -8,7 +8,6 @@ import torch
 from fishr_tune.algorithms.vrex import risk_variance
 from fishr_tune.hparams import hparam_space
 
-INPUT_SHAPE = (2, 14, 14)
 DATASET = "ColoredMNIST-IRM"
 
 
