@@ -1,19 +1,25 @@
-"""Shared fixtures: the genuine full MNIST when present (skip cleanly otherwise), and isolation of HOME."""
+"""Shared fixtures: session-wide HOME/Ray isolation, the full MNIST when present (skip cleanly otherwise), a real
+MLflow server, a local Ray and a tiny sweep."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+FAULTS_ENV = "FISHR_TUNE_TEST_FAULTS"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _SCRATCH = Path(f"/tmp/fishr-tune-tests-{os.getpid()}")
 
@@ -34,8 +40,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    import shutil
-
     shutil.rmtree(_SCRATCH, ignore_errors=True)
 
 
@@ -102,3 +106,51 @@ def mlflow_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+TINY_SWEEP: dict[str, Any] = {
+    "dataset": "ColoredMNIST-IRM",
+    "algorithms": ["ERM", "Fishr"],
+    "test_envs": [2],
+    "trial_seeds": [0],
+    "steps": 120,
+    "checkpoint_freq": 40,
+    "hyperparameters": {"lr": {"loguniform": [1.0e-3, 3.0e-3]}, "batch_size": 32, "hidden_dim": 64},
+    "per_algorithm": {"Fishr": {"lambda": {"loguniform": [10.0, 1000.0]}, "penalty_anneal_iters": 40}},
+    "search": {"algorithm": "tpe", "num_samples": 2, "seed": 0},
+    "scheduler": "none",
+    "resources": {"cpu": 1},
+    "max_failures": 1,
+}
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path: Path) -> dict[str, Any]:
+    """Settings of a 4-trial sweep (ERM and Fishr, 2 configurations each, 120 steps) stored under tmp_path."""
+    import copy
+
+    return {**copy.deepcopy(TINY_SWEEP), "storage_path": str(tmp_path / "sweeps"),
+            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[Path]:
+    """A 2-CPU local Ray (HOME and RAY_TMPDIR are isolated for the session by pytest_configure); yields a
+    directory where fault-injecting trainables leave their marks."""
+    import ray
+
+    scratch = Path(tempfile.mkdtemp(prefix="rsw", dir="/tmp"))
+    saved = {FAULTS_ENV: os.environ.get(FAULTS_ENV)}
+    (scratch / "faults").mkdir()
+    os.environ[FAULTS_ENV] = str(scratch / "faults")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield scratch / "faults"
+    finally:
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(scratch, ignore_errors=True)

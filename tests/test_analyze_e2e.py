@@ -7,11 +7,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -21,36 +19,11 @@ from fishr_tune.cli import main
 from fishr_tune.sweep.runner import run_sweep
 from fishr_tune.sweep.spec import build_spec
 
-SPEC = {
-    "dataset": "ColoredMNIST-IRM",
-    "algorithms": ["ERM", "Fishr"],
-    "test_envs": [2],
-    "trial_seeds": [0],
-    "steps": 120,
-    "checkpoint_freq": 40,
-    "hyperparameters": {"lr": {"loguniform": [1.0e-3, 3.0e-3]}, "batch_size": 32, "hidden_dim": 64},
-    "per_algorithm": {"Fishr": {"lambda": {"loguniform": [10.0, 1000.0]}, "penalty_anneal_iters": 40}},
-    "search": {"algorithm": "tpe", "num_samples": 2, "seed": 0},
-    "scheduler": "none",
-    "resources": {"cpu": 1},
-}
-
-
-@pytest.fixture(scope="module")
-def ray_session() -> Iterator[None]:
-    """A local 2-CPU Ray (HOME and RAY_TMPDIR are isolated for the whole test session by tests/conftest.py)."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
 
 @pytest.mark.slow  # ~100 s on the 2-core machine: a 4-trial sweep plus one rerun
-def test_sweep_analyze_best_config_and_rerun_reproduce_the_selected_checkpoint(ray_session, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = build_spec({**SPEC, "name": "quick", "storage_path": str(tmp_path / "sweeps"), "tracking_uri": uri}, "quick.yaml")
+def test_sweep_analyze_best_config_and_rerun_reproduce_the_selected_checkpoint(local_ray, tiny_sweep, tmp_path: Path) -> None:
+    uri = tiny_sweep["tracking_uri"]
+    spec = build_spec({**tiny_sweep, "name": "quick"}, "quick.yaml")
     summary = run_sweep(spec, stream=open(os.devnull, "w"))
     assert summary.finished == 4 and summary.mlflow_pending == 0
 

@@ -23,24 +23,9 @@ from fishr_tune.tracking import KEY_TAG
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-SPEC: dict[str, Any] = {
-    "dataset": "ColoredMNIST-IRM",
-    "algorithms": ["ERM", "Fishr"],
-    "test_envs": [2],
-    "trial_seeds": [0],
-    "steps": 120,
-    "checkpoint_freq": 40,
-    "hyperparameters": {"lr": {"loguniform": [1.0e-3, 3.0e-3]}, "batch_size": 32, "hidden_dim": 64},
-    "per_algorithm": {"Fishr": {"lambda": {"loguniform": [10.0, 1000.0]}, "penalty_anneal_iters": 40}},
-    "search": {"algorithm": "tpe", "num_samples": 2, "seed": 0},
-    "scheduler": "none",
-    "resources": {"cpu": 1},
-    "max_failures": 1,
-}
 
-
-def sweep_spec(tmp_path: Path, name: str, uri: str):
-    return build_spec({**SPEC, "name": name, "storage_path": str(tmp_path / "sweeps"), "tracking_uri": uri}, "test.yaml")
+def sweep_spec(values: dict[str, Any], name: str, uri: str):
+    return build_spec({**values, "name": name, "tracking_uri": uri}, "test.yaml")
 
 
 def ray_points(experiment_dir: Path) -> dict[str, dict[int, float]]:
@@ -76,8 +61,8 @@ def assert_mirrors_ray(uri: str, name: str, experiment_dir: Path) -> list[Any]:
     return children
 
 
-def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_ray, mlflow_server, tmp_path) -> None:
-    summary = run_sweep(sweep_spec(tmp_path, "mirror", mlflow_server.uri), stream=open(os.devnull, "w"))
+def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_ray, mlflow_server, tiny_sweep) -> None:
+    summary = run_sweep(sweep_spec(tiny_sweep, "mirror", mlflow_server.uri), stream=open(os.devnull, "w"))
     assert summary.mlflow_pending == 0 and summary.finished == 4
     children = assert_mirrors_ray(mlflow_server.uri, "mirror", Path(summary.experiment_dir))
     fishr = next(c for c in children if c.data.tags["algorithm"] == "Fishr")
@@ -111,9 +96,9 @@ class ServerOutage(Callback):
             self.restart.start()
 
 
-def test_server_outage_mid_sweep_loses_and_duplicates_nothing(local_ray, mlflow_server, tmp_path) -> None:
+def test_server_outage_mid_sweep_loses_and_duplicates_nothing(local_ray, mlflow_server, tiny_sweep) -> None:
     outage = ServerOutage(mlflow_server)
-    summary = run_sweep(sweep_spec(tmp_path, "outage", mlflow_server.uri), callbacks=[outage], stream=open(os.devnull, "w"))
+    summary = run_sweep(sweep_spec(tiny_sweep, "outage", mlflow_server.uri), callbacks=[outage], stream=open(os.devnull, "w"))
     if outage.restart is not None:
         outage.restart.join()
     assert summary.finished == 4
@@ -137,10 +122,9 @@ def crash_once(config: dict[str, Any], dataset_refs: Any, run: Any) -> None:
     run_trial(config, dataset_refs, run, after_report=after_report)
 
 
-def test_a_retried_trial_keeps_one_run(local_ray, tmp_path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = build_spec({**SPEC, "algorithms": ["ERM"], "per_algorithm": {}, "name": "retry", "storage_path": str(tmp_path / "sweeps"),
-                       "tracking_uri": uri}, "test.yaml")
+def test_a_retried_trial_keeps_one_run(local_ray, tiny_sweep) -> None:
+    uri = tiny_sweep["tracking_uri"]
+    spec = build_spec({**tiny_sweep, "algorithms": ["ERM"], "per_algorithm": {}, "name": "retry"}, "test.yaml")
     summary = run_sweep(spec, trainable=crash_once, stream=open(os.devnull, "w"))
     assert summary.finished == 2
     assert len(list(local_ray.glob("mlflow-*"))) == 2  # both trials did crash once
