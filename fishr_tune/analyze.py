@@ -62,7 +62,12 @@ def _read_json_lines(path: Path) -> Iterable[dict[str, Any]]:
 
 
 def from_ray_results(root: Path) -> pd.DataFrame:
-    """Ray Tune trial directories (result.json per trial): the reported metrics are flattened records."""
+    """Ray Tune trial directories (result.json per trial): the reported metrics are flattened records.
+
+    Tune logs a result before it registers the checkpoint that came with it, so a sweep stopped in between
+    (Ctrl-C, a lost driver) resumes that trial from the checkpoint before and logs its last records again;
+    resume is exact, so the replayed record equals the first and is kept once.
+    """
     rows = []
     for path in sorted(root.rglob(RAY_RESULT_FILE)):
         for result in _read_json_lines(path):
@@ -72,7 +77,8 @@ def from_ray_results(root: Path) -> pd.DataFrame:
                 ("env", "hparams.", "args.", "loss", "nll", "penalty", "step_time"))}
             row[RUN] = str(result.get("trial_id") or path.parent.name)
             rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table.drop_duplicates([RUN, "step"], keep="last", ignore_index=True) if rows else table
 
 
 def from_parquet(path: Path) -> pd.DataFrame:

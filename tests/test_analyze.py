@@ -71,6 +71,7 @@ def test_ray_results_dir(tmp_path: Path) -> None:
         trial.mkdir(parents=True)
         lines = [json.dumps({**records.flatten(r), "trial_id": f"t{index}", "group": "ERM/te2/ts0", "timestamp": 1}) for r in recs]
         lines.insert(0, json.dumps({"step": 0, "failure": "x", "trial_id": f"t{index}"}))  # not a record: skipped
+        lines.append(lines[-1])  # the last record replayed by a trial resumed after Ctrl-C: read once
         (trial / an.RAY_RESULT_FILE).write_text("\n".join(lines) + "\n")
     table = an.gather_files(tmp_path / "exp")
     assert sorted(table["run"].unique()) == ["t0", "t1"] and len(table) == 6

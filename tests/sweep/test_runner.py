@@ -20,9 +20,11 @@ from typing import Any
 import pytest
 import ray
 import yaml
+from mlflow.tracking import MlflowClient
 from ray import cloudpickle, tune
 
 from fishr_tune import records
+from fishr_tune.analyze import gather_files
 from fishr_tune.errors import ConfigError
 from fishr_tune.sweep.runner import SPEC_FILE, SUMMARY_FILE, run_sweep
 from fishr_tune.sweep.spec import build_spec
@@ -110,22 +112,28 @@ def test_crashed_trials_resume_from_their_checkpoint_and_divergence_fails_one_tr
     assert saved["groups"]["ERM/te2/ts0"]["best_val_acc"] > 0.5
 
 
-class InterruptAfterTrials(tune.Callback):
-    """Sends this process SIGINT (what Ctrl-C does) once `count` trials have completed."""
+class InterruptAtAFinalRecord(tune.Callback):
+    """Sends this process SIGINT (what Ctrl-C does) when a trial logs its final record after another trial has
+    completed: the worst moment, Tune has logged that record but not yet registered the checkpoint with it."""
 
-    def __init__(self, count: int):
-        self.count = count
+    def __init__(self, final_step: int):
+        self.final_step = final_step
         self.completed = 0
+        self.interrupted_trial: str | None = None
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.completed += 1
-        if self.completed == self.count:
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if self.completed and self.interrupted_trial is None and result.get(records.STEP) == self.final_step:
+            self.interrupted_trial = trial.trial_id
             os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_interrupted_sweep_resumes_without_running_any_trial_twice(local_ray: Path, tmp_path: Path) -> None:
     spec = spec_for(tmp_path, name="resumable", steps=240, trial_seeds=[0, 1], search={"num_samples": 2, "seed": 1})
-    first = run_sweep(spec, callbacks=[InterruptAfterTrials(1)], stream=open(os.devnull, "w"))
+    interrupt = InterruptAtAFinalRecord(final_step=239)
+    first = run_sweep(spec, callbacks=[interrupt], stream=open(os.devnull, "w"))
     assert first.interrupted and first.finished >= 1
     before = trial_results(Path(first.experiment_dir))
     done_before = {t for t, rows in before.items() if rows[-1][records.STEP] == 239}
@@ -139,12 +147,29 @@ def test_interrupted_sweep_resumes_without_running_any_trial_twice(local_ray: Pa
     after = trial_results(Path(second.experiment_dir))
     assert (second.finished, second.trials, second.unfinished) == (4, 4, 0)
     assert len(after) == 4
+    every_step = [0, 40, 80, 120, 160, 200, 239]
     for trial_id, rows in after.items():
-        steps = [row[records.STEP] for row in rows]
-        assert steps == [0, 40, 80, 120, 160, 200, 239], (trial_id, steps)  # every record exactly once
+        # Tune logs a result before it registers the result's checkpoint: a trial stopped in between resumes from
+        # the checkpoint before and logs the records after it again. Exact resume replays the same accuracies.
+        accuracies: dict[int, dict[str, float]] = {}
+        for row in rows:
+            measured = {k: v for k, v in row.items() if k.startswith("env") and k.endswith("_acc")}
+            assert accuracies.setdefault(row[records.STEP], measured) == measured, (trial_id, row[records.STEP])
+        assert sorted(accuracies) == every_step, trial_id  # nothing lost
         if trial_id in done_before:
-            assert rows == before[trial_id]  # a finished trial was not touched again
-    assert second.steps_trained == 4 * 240
+            assert rows[:len(before[trial_id])] == before[trial_id]  # nothing rewritten
+    replayed = [row[records.STEP] for row in after[interrupt.interrupted_trial][len(before[interrupt.interrupted_trial]):]]
+    assert replayed == [239], replayed  # the record whose checkpoint Tune had not registered, trained again
+    assert second.steps_trained == 4 * 240 and second.mlflow_pending == 0
+    # What a user reads holds every record exactly once: the MLflow runs and `fishr-tune analyze`'s table.
+    client = MlflowClient(spec.settings.tracking_uri)
+    trial_runs = client.search_runs([client.get_experiment_by_name("resumable").experiment_id],
+                                    filter_string="tags.`fishr_tune.kind` = 'trial'")
+    assert sorted(run.data.tags["ray_trial_id"] for run in trial_runs) == sorted(after)
+    for run in trial_runs:
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, records.VAL_ACC)) == every_step
+    table = gather_files(second.experiment_dir)
+    assert sorted(table.groupby("run")["step"].apply(list).tolist()) == [every_step] * 4
 
 
 def test_cli_resume_without_a_sweep_exits_2(tmp_path: Path) -> None:
