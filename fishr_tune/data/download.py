@@ -1,8 +1,11 @@
 """Fetching DomainBed's image datasets (for users who are online) and checking a data directory.
 
 The sources are those of DomainBed's `domainbed/scripts/download.py`. DomainBed publishes no checksums for
-them, so an archive is verified by what it unpacks to: the layout check that training uses, and the class and
-image counts compared with DomainBed's published sizes (`fishr-tune data check` shows them).
+them, so an archive is verified by what it unpacks to: a readable archive, the layout check that training uses,
+and the class and image counts compared with DomainBed's published sizes (`fishr-tune data check` shows them).
+The sha256 of every archive fetched is written to `<dataset folder>/download.json`, so two machines can tell
+whether they hold the same data, and a `Source.sha256`, where a mirror publishes one, is enforced.
+A failed download leaves nothing behind: the archives it fetched and whatever it had unpacked are removed.
 """
 
 from __future__ import annotations
@@ -93,6 +96,12 @@ def http_fetch(url: str, destination: Path) -> None:
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, open(tmp, "wb") as out:
             shutil.copyfileobj(response, out, CHUNK)
+    except urllib.error.HTTPError as error:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(
+            f"cannot download {url}: the server answered HTTP {error.code} ({error.reason}); the source may have "
+            "moved or hit its download quota. Try again later, or copy DomainBed's data folders into --data-dir"
+        ) from None
     except (urllib.error.URLError, socket.timeout, ConnectionError) as error:
         tmp.unlink(missing_ok=True)
         reason = getattr(error, "reason", error)
@@ -112,8 +121,17 @@ def sha256_of(path: Path) -> str:
 
 
 def extract(archive: Path, into: Path) -> None:
-    """Unpack a zip or tar(.gz), refusing members that would land outside `into`."""
-    into = into.resolve()
+    """Unpack a zip or tar(.gz), refusing members that would land outside `into`; a broken archive is a ConfigError."""
+    try:
+        unpack(archive, into.resolve())
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
+        raise ConfigError(
+            f"{archive}: not a readable {'zip' if archive.name.endswith('.zip') else 'tar'} archive ({error}); the "
+            "download is incomplete or is an error page instead of the data"
+        ) from None
+
+
+def unpack(archive: Path, into: Path) -> None:
     if archive.name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
             for member in zf.namelist():
@@ -180,24 +198,38 @@ def download_dataset(name: str, data_dir: str | os.PathLike[str], fetch: Fetch =
     if root.exists() and any(root.iterdir()):
         raise ConfigError(f"{root} already exists and is not empty: remove it to download {name} again")
     recipe = RECIPES[name]
+    existed_before = {entry.name for entry in data_dir.iterdir()} if data_dir.is_dir() else set()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        fetch_and_lay_out(name, recipe, data_dir, root, fetch, keep_archives)
+        fetched = fetch_and_lay_out(name, recipe, data_dir, root, fetch, keep_archives)
     except BaseException:
-        if root.is_dir() and not any(root.iterdir()):
-            root.rmdir()  # leave no empty dataset folder behind: `data check` would call it invalid
+        # Nothing half-done stays: the dataset folder (it was empty or absent) and whatever this call put
+        # into the data directory (archives, unpacked top folders such as PACS's `kfold`).
+        shutil.rmtree(root, ignore_errors=True)
+        for entry in data_dir.iterdir():
+            if entry.name not in existed_before:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         raise
+    manifest = [{"url": source.url, "archive": source.archive, "bytes": size, "sha256": digest}
+                for source, (size, digest) in fetched.items()]
+    (root / "download.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return root
 
 
-def fetch_and_lay_out(name: str, recipe: Recipe, data_dir: Path, root: Path, fetch: Fetch, keep_archives: bool) -> None:
+def fetch_and_lay_out(
+    name: str, recipe: Recipe, data_dir: Path, root: Path, fetch: Fetch, keep_archives: bool
+) -> dict[Source, tuple[int, str]]:
+    """Fetch and unpack every source, then lay the dataset out; returns each source's (bytes, sha256)."""
     unpack_into = data_dir if recipe.unpack_into == "." else root
+    fetched: dict[Source, tuple[int, str]] = {}
     for source in recipe.sources:
         archive = unpack_into / source.archive
         fetch(source.url, archive)
-        if source.sha256 is not None and sha256_of(archive) != source.sha256:
-            archive.unlink()
-            raise ConfigError(f"{source.url}: checksum mismatch (expected sha256 {source.sha256}); the download is corrupt")
+        digest = sha256_of(archive)
+        fetched[source] = (archive.stat().st_size, digest)
+        if source.sha256 is not None and digest != source.sha256:
+            raise ConfigError(f"{source.url}: checksum mismatch (expected sha256 {source.sha256}, got {digest}); "
+                              "the download is corrupt")
         extract(archive, unpack_into)
         if not keep_archives:
             archive.unlink()
@@ -211,6 +243,7 @@ def fetch_and_lay_out(name: str, recipe: Recipe, data_dir: Path, root: Path, fet
         organize_terra_incognita(root)
     if name == "DomainNet":
         remove_domain_net_duplicates(root, fetch)
+    return fetched
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -74,3 +74,51 @@ def test_check_reports_every_status(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert reports["DomainNet"].status == "missing" and reports["TerraIncognita"].status == "missing"
     with pytest.raises(ConfigError, match="unknown dataset 'Pacs'"):
         check_data_dir(tmp_path, ["Pacs"])
+
+
+def test_download_records_each_archives_sha256(tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    staging = write_synthetic_dataset("PACS", tmp_path / "staging", classes=("dog",), images_per_class=1, size=(8, 8))
+    archive = tmp_path / "pacs.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(staging.rglob("*.jpg")):
+            zf.write(path, "kfold/" + path.relative_to(staging).as_posix())
+    root = download_dataset("PACS", tmp_path / "data", fetch=lambda url, dest: dest.write_bytes(archive.read_bytes()))
+    manifest = json.loads((root / "download.json").read_text())
+    assert manifest == [{"url": download.RECIPES["PACS"].sources[0].url, "archive": "PACS.zip",
+                         "bytes": archive.stat().st_size, "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}]
+    assert check_data_dir(tmp_path / "data", ["PACS"])[0].status == "incomplete"  # the manifest is no stray folder
+
+
+def test_a_corrupt_archive_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "mine.txt").write_text("the user's own file")
+
+    def error_page(url: str, destination: Path) -> None:  # what a quota-limited Drive link returns
+        destination.write_text("<html>Too many users have viewed or downloaded this file recently</html>")
+
+    with pytest.raises(ConfigError, match=r"PACS\.zip: not a readable zip archive .*error page"):
+        download_dataset("PACS", data_dir, fetch=error_page)
+    assert sorted(p.name for p in data_dir.iterdir()) == ["mine.txt"]
+
+
+def test_a_checksum_mismatch_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = download.RECIPES["VLCS"].sources[0]
+    monkeypatch.setitem(download.RECIPES, "VLCS", download.Recipe((download.Source(source.url, source.archive, "0" * 64),), "."))
+    with pytest.raises(ConfigError, match="checksum mismatch"):
+        download_dataset("VLCS", tmp_path, fetch=lambda url, dest: dest.write_bytes(b"not the data"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_http_error_is_not_called_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_found(request, timeout):
+        raise urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)
+
+    monkeypatch.setattr(urllib.request, "urlopen", not_found)
+    with pytest.raises(ConfigError, match="answered HTTP 404 \\(Not Found\\)") as error:
+        download_dataset("VLCS", tmp_path, fetch=http_fetch)
+    assert "internet access" not in str(error.value)
+    assert list(tmp_path.iterdir()) == []
