@@ -117,9 +117,11 @@ class AbstractDANN(Algorithm):
             [torch.full((len(x),), i, dtype=torch.long, device=features.device) for i, (x, _) in enumerate(minibatches)]
         )
         if self.class_balance:
-            # each class present in the batch weighs the same in total (DomainBed: 1 / (count * classes))
-            counts = torch.bincount(all_y, minlength=self.num_classes)
-            weights = 1.0 / (counts[all_y] * (counts > 0).sum()).float()
+            # DomainBed: y_counts = F.one_hot(all_y).sum(dim=0); weights = 1. / (y_counts[all_y] * y_counts.shape[0]).
+            # one_hot without num_classes has (largest label + 1) columns, so the divisor is that, not the number of
+            # classes present (a class missing below the largest label still counts); bincount has the same length.
+            counts = torch.bincount(all_y)
+            weights = 1.0 / (counts[all_y] * counts.shape[0]).float()
             disc_loss = (weights * F.cross_entropy(disc_out, domains, reduction="none")).sum()
         else:
             disc_loss = F.cross_entropy(disc_out, domains)

@@ -115,6 +115,28 @@ def test_cdann_discriminator_loss_is_class_balanced() -> None:
     torch.testing.assert_close(got, expected)
 
 
+def test_cdann_class_balance_divides_by_largest_label_plus_one_like_domainbed() -> None:
+    """Labels {0, 2} of 3 classes: DomainBed's one_hot has 3 columns, so the divisor is 3, not the 2 classes present."""
+    hparams = {**default_hparams("CDANN", "ColoredMNIST-IRM"), "hidden_dim": 16, "mlp_width": 32}
+    torch.manual_seed(0)
+    algorithm = CDANN(INPUT_SHAPE, 3, 2, hparams)
+    algorithm.eval()
+    x = torch.rand(6, *INPUT_SHAPE, generator=torch.Generator().manual_seed(7))
+    y = torch.tensor([0, 2, 2, 0, 0, 0])  # 4 of class 0, none of class 1, 2 of class 2
+    data = [(x[:3], y[:3]), (x[3:], y[3:])]
+    with torch.no_grad():
+        features = algorithm.featurizer(x)
+        per_sample = F.cross_entropy(
+            algorithm.discriminator(features + algorithm.class_embeddings(y)), torch.tensor([0] * 3 + [1] * 3), reduction="none"
+        )
+        weights = torch.tensor([1 / (4 * 3), 1 / (2 * 3), 1 / (2 * 3), 1 / (4 * 3), 1 / (4 * 3), 1 / (4 * 3)])
+        expected = (weights * per_sample).sum()
+        present_only = (torch.where(y == 0, 1 / (4 * 2), 1 / (2 * 2)) * per_sample).sum()
+        got = algorithm.losses(data, features).disc_loss
+    torch.testing.assert_close(got, expected)
+    assert not torch.isclose(got, present_only)  # dividing by the classes present would be a different loss
+
+
 def test_gradient_penalty_adds_the_squared_input_gradient() -> None:
     data = batches()
     plain = build(DANN)
