@@ -10,8 +10,10 @@ from __future__ import annotations
 import copy
 import io
 import math
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,18 +34,19 @@ SPACE_DATASETS = (*SMALL_IMAGES, "PACS")
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def tiny_hparams(name: str) -> dict[str, Any]:
+def tiny_hparams(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     hparams = default_hparams(name, DATASET)
     hparams["hidden_dim"] = 16
     for key in hparams:
         if key.endswith("anneal_iters"):
             hparams[key] = ANNEAL_AT
+    hparams.update(overrides or {})
     return hparams
 
 
-def build(name: str, num_domains: int, seed: int = 0) -> Algorithm:
+def build(name: str, num_domains: int, seed: int = 0, overrides: Mapping[str, Any] | None = None) -> Algorithm:
     seed_everything(seed)
-    return ALGORITHMS[name](INPUT_SHAPE, NUM_CLASSES, num_domains, tiny_hparams(name))
+    return ALGORITHMS[name](INPUT_SHAPE, NUM_CLASSES, num_domains, tiny_hparams(name, overrides))
 
 
 def make_batches(num_domains: int, n_updates: int = N_UPDATES, seed: int = 1) -> list[Batches]:
@@ -90,18 +93,20 @@ def test_update_returns_finite_documented_keys_and_trains(name: str, num_domains
     assert algorithm.update_count == N_UPDATES
 
 
-# Checkpoints before, at and after the anneal step (and DANN's alternation in both phases).
-@pytest.mark.parametrize(("num_domains", "split"), [(2, 1), (3, ANNEAL_AT), (2, ANNEAL_AT + 1)])
-def test_state_dict_round_trip_resumes_exactly(name: str, num_domains: int, split: int) -> None:
+def assert_resumes_exactly(
+    name: str, num_domains: int, split: int, seed: int = 0, overrides: Mapping[str, Any] | None = None
+) -> None:
+    """Train `split` updates, checkpoint (weights_only round trip), and the resumed run must match bit for bit."""
     batches = make_batches(num_domains)
-    uninterrupted = build(name, num_domains)
+    uninterrupted = build(name, num_domains, seed, overrides)
     for batch in batches[:split]:
         uninterrupted.update(batch)
     buffer = io.BytesIO()
     torch.save({"algorithm": uninterrupted.state_dict(), "rng": _rng_state()}, buffer)
     expected = [uninterrupted.update(batch) for batch in batches[split:]]
 
-    resumed = build(name, num_domains, seed=123)  # different initial weights: everything must come from the checkpoint
+    # different initial weights: everything must come from the checkpoint
+    resumed = build(name, num_domains, seed=123, overrides=overrides)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
     resumed.load_state_dict(state["algorithm"])
@@ -109,6 +114,21 @@ def test_state_dict_round_trip_resumes_exactly(name: str, num_domains: int, spli
     assert resumed.update_count == split
     assert [resumed.update(batch) for batch in batches[split:]] == expected
     assert_same_tensors(tensors(resumed), tensors(uninterrupted))
+
+
+# Checkpoints before, at and after the anneal step (and DANN's alternation in both phases).
+@pytest.mark.parametrize(("num_domains", "split"), [(2, 1), (3, ANNEAL_AT), (2, ANNEAL_AT + 1)])
+def test_state_dict_round_trip_resumes_exactly(name: str, num_domains: int, split: int) -> None:
+    assert_resumes_exactly(name, num_domains, split)
+
+
+def test_mixup_with_alpha_above_one_resumes_exactly() -> None:
+    """Beta(2, 2) draws normals, so numpy's cached Gaussian is part of the state a checkpoint must carry."""
+    seed, split = 7, 1  # this seed leaves a Gaussian cached after the first update
+    probe = build("Mixup", 2, seed, {"mixup_alpha": 2.0})
+    probe.update(make_batches(2)[0])
+    assert np.random.get_state(legacy=True)[3] == 1, "the case must checkpoint with a cached Gaussian to test it"
+    assert_resumes_exactly("Mixup", 2, split, seed, {"mixup_alpha": 2.0})
 
 
 def test_same_seed_same_run_and_another_seed_differs(name: str) -> None:
