@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from fishr_tune.data import get_dataset
-from fishr_tune.data.colored_mnist import color_digits
+from fishr_tune.data.colored_mnist import DEFAULT_LABEL_NOISE, color_digits, irm_split
+from fishr_tune.data.sources import load_embedded
 
 
 def colour_of(x: torch.Tensor) -> torch.Tensor:
@@ -56,6 +59,53 @@ def test_irm_colored_mnist_environment_statistics() -> None:
     for env, expected in zip(dataset.environments, (0.8, 0.9, 0.1)):
         assert env.x.shape[1:] == (2, 14, 14)
         assert agreement(env) == pytest.approx(expected, abs=0.035)
+
+
+def source_digits(name: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each environment's uint8 images and original digit labels, rebuilt from the embedded source the way the
+    dataset splits it (the seeded generator's first draw is the shuffle)."""
+    digits = load_embedded()
+    generator = torch.Generator().manual_seed(seed)
+    if name == "ColoredMNIST":
+        images, labels = digits.all_images()
+        order = torch.randperm(len(labels), generator=generator)
+        images, labels = images[order], labels[order]
+        return [(images[i::3], labels[i::3]) for i in range(3)]
+    cut = irm_split(len(digits.train_labels))
+    order = torch.randperm(cut, generator=generator)
+    train_images, train_labels = digits.train_images[:cut][order], digits.train_labels[:cut][order]
+    parts = [(train_images[::2], train_labels[::2]), (train_images[1::2], train_labels[1::2])]
+    parts.append((digits.train_images[cut:], digits.train_labels[cut:]))
+    return [(images[:, ::2, ::2], labels) for images, labels in parts]
+
+
+def label_disagreement(name: str, seed: int = 0, **kwargs: float) -> list[tuple[int, int]]:
+    """Per environment: (samples whose label is not digit < 5, samples), after checking the rebuilt digits are the
+    environment's own (the digit's pixels, in whichever channel holds them)."""
+    dataset = get_dataset(name, seed=seed, **kwargs)
+    counts = []
+    for env, (images, digits) in zip(dataset.environments, source_digits(name, seed)):
+        assert torch.equal(env.x.sum(dim=1), images.float() / 255.0), "rebuilt source digits are not this environment's"
+        counts.append((int((env.y != (digits < 5).long()).sum()), len(digits)))
+    return counts
+
+
+@pytest.mark.parametrize("name", ["ColoredMNIST", "ColoredMNIST-IRM"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_real_environments_flip_a_quarter_of_the_labels(name: str, seed: int) -> None:
+    counts = label_disagreement(name, seed)
+    p = DEFAULT_LABEL_NOISE
+    # flips are independent Bernoulli(p): allow 4 binomial standard deviations, per environment and pooled
+    for flipped, n in counts:
+        assert flipped / n == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / n))
+    total = sum(n for _, n in counts)
+    pooled = sum(flipped for flipped, _ in counts) / total
+    assert pooled == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / total))
+
+
+@pytest.mark.parametrize("name", ["ColoredMNIST", "ColoredMNIST-IRM"])
+def test_real_environments_without_label_noise_keep_every_label(name: str) -> None:
+    assert [flipped for flipped, _ in label_disagreement(name, label_noise=0.0)] == [0, 0, 0]
 
 
 def test_irm_label_noise_is_configurable_and_gray_copy_is_optional() -> None:

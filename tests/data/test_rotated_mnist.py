@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.functional import rotate
 
 from fishr_tune.data import get_dataset
-from fishr_tune.data.rotated_mnist import rotate_digits
+from fishr_tune.data.rotated_mnist import ANGLES, rotate_digits
+from fishr_tune.data.sources import load_embedded
 from fishr_tune.errors import ConfigError
 
 
@@ -36,6 +39,33 @@ def test_rotated_environment_matches_rotating_the_unrotated_one() -> None:
     # upright digits are taller than wide; rotating by 75 degrees makes the column profile spread out
     spread = lambda p: ((torch.arange(28.0) - 13.5) ** 2 * p).sum() / p.sum()  # noqa: E731
     assert spread(column_profile(rotated)) > spread(column_profile(upright))
+
+
+def source_digits(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each environment's unrotated digits and labels, rebuilt from the embedded source: shuffled with the
+    dataset's seed, environment i takes every sixth image from i."""
+    digits = load_embedded()
+    images, labels = digits.all_images()
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    images, labels = images[order], labels[order]
+    return [(images[i :: len(ANGLES)], labels[i :: len(ANGLES)]) for i in range(len(ANGLES))]
+
+
+def torchvision_rotation(images: torch.Tensor, angle: float) -> torch.Tensor:
+    """Independent of rotate_digits: uint8 digits to [0, 1] floats, then torchvision's bilinear rotation."""
+    return rotate(images[:, None].float() / 255.0, angle, interpolation=InterpolationMode.BILINEAR, fill=[0.0])
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_every_environment_is_its_source_digits_rotated_by_its_angle(seed: int) -> None:
+    dataset = get_dataset("RotatedMNIST", seed=seed)
+    sources = source_digits(seed)
+    assert dataset.env_names == [str(a) for a in ANGLES]
+    for env, angle, (images, labels) in zip(dataset.environments, ANGLES, sources):
+        assert torch.equal(env.y, labels)
+        torch.testing.assert_close(env.x, torchvision_rotation(images, angle), rtol=0, atol=1e-6)
+        for wrong in (angle + 15, -angle if angle else 15):  # the next environment's angle, or clockwise
+            assert (env.x - torchvision_rotation(images, wrong)).abs().max() > 0.5, f"{angle} matches {wrong}"
 
 
 def test_label_noise_is_rejected() -> None:
