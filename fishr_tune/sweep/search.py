@@ -67,6 +67,19 @@ def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed)
 
 
+def sampler_seed(kind: str, sweep_seed: int, group: Group, index: int) -> int:
+    """The seed of one group's sampler.
+
+    Random search: from (sweep seed, algorithm, trial seed) only, so groups that differ only in their test envs
+    draw the same configurations in the same order, as DomainBed's seed_hash(hparams_seed, trial_seed) does;
+    leave-one-out selection matches runs across those groups by configuration. TPE adapts to its own group's
+    results, so its configurations differ anyway: each group keeps its own seed.
+    """
+    if kind == "random":
+        return seed_hash(sweep_seed, "random", group.algorithm, group.trial_seed)
+    return sweep_seed * 10_007 + index
+
+
 def _failed(result: Mapping[str, Any] | None) -> bool:
     return bool(result) and bool(result.get(FAILURE_KEY))
 
@@ -87,7 +100,7 @@ class GroupSearcher(Searcher):
                 space=SpaceFunction.from_mapping(spaces[group.algorithm]),
                 metric=METRIC,
                 mode=MODE,
-                sampler=make_sampler(sampler, seed * 10_007 + index),
+                sampler=make_sampler(sampler, sampler_seed(sampler, seed, group, index)),
             )
             # OptunaSearch reports intermediate values by training_iteration; the step is the meaningful clock here.
             self.searchers[group.key] = optuna_search

@@ -97,6 +97,44 @@ def test_a_group_suggestions_do_not_depend_on_another_group_results(sampler: str
     assert first == second
 
 
+def suggestions_by_group(groups: list[Group], sampler: str, rounds: int) -> dict[str, list[dict[str, Any]]]:
+    """Drive a searcher over `groups` (each trial scored by its own lr) and collect each group's hparams in order."""
+    searcher = GroupSearcher(groups, SPACES, rounds, sampler=sampler, seed=3)
+    assert searcher.set_search_properties("val_acc", "max", {})
+    found: dict[str, list[dict[str, Any]]] = {group.key: [] for group in groups}
+    for i in range(rounds * len(groups)):
+        config = searcher.suggest(f"t{i}")
+        found[config[GROUP_KEY]].append(config["hparams"])
+        score = 1.0 - abs(config["hparams"]["lr"] - 3e-3) * 50 + 0.01 * len(config["test_envs"])
+        searcher.on_trial_result(f"t{i}", result(score, 100))
+        searcher.on_trial_complete(f"t{i}", result(score, 599))
+    return found
+
+
+PAIR_GROUPS = [Group("ColoredMNIST-IRM", "Fishr", envs, 0) for envs in [(0,), (1,), (0, 1), (0, 2)]]
+
+
+def test_random_search_gives_groups_that_differ_only_in_test_envs_the_same_configurations() -> None:
+    """Leave-one-out matches runs with test envs {t} and {t, v} by configuration, as in DomainBed's random sweeps."""
+    found = suggestions_by_group([*PAIR_GROUPS, STRONG], "random", rounds=6)
+    reference = found[PAIR_GROUPS[0].key]
+    assert len(reference) == 6 and len({c["lr"] for c in reference}) == 6
+    assert all(found[group.key] == reference for group in PAIR_GROUPS[1:])
+
+
+def test_random_search_draws_other_configurations_for_another_trial_seed() -> None:
+    groups = [Group("ColoredMNIST-IRM", "Fishr", (0,), seed) for seed in (0, 1)]
+    found = suggestions_by_group(groups, "random", rounds=4)
+    first, second = (found[group.key] for group in groups)
+    assert not {c["lr"] for c in first} & {c["lr"] for c in second}
+
+
+def test_tpe_keeps_a_seed_per_group() -> None:
+    """TPE adapts to its own group's results, so leave-one-out needs random search; its start-up draws differ too."""
+    found = suggestions_by_group(PAIR_GROUPS[:2], "tpe", rounds=2)
+    assert found[PAIR_GROUPS[0].key] != found[PAIR_GROUPS[1].key]
+
+
 def test_diverged_and_errored_trials_are_failures_in_their_study() -> None:
     searcher = make_searcher()
     searcher.suggest("a")
