@@ -1,16 +1,21 @@
 """How long `fishr-tune analyze` takes on a large sweep: gather (parquet) + selection table + the three
-selection methods + summaries, over generated records (default 10,000 runs x 50 checkpoints).
+selection methods + summaries, over generated records (default 10,000 runs x 50 checkpoints); then the real
+command `fishr-tune analyze --records X.parquet --format json` end to end in a subprocess (interpreter start,
+imports, reading, selection, JSON output), whose JSON must equal the library's.
 
 The runs are DomainBed-shaped: 3 environments, test envs {0}, {1}, {2} and the pairs (for leave-one-out),
 2 algorithms, 3 trial seeds, every configuration (hparams_seed) run in every group; --stopped-share of the
 runs stop early at a random checkpoint.
 
-    .venv/bin/python benchmarks/bench_analyze.py [--runs 10000] [--checkpoints 50] [--stopped-share 0.0]
+    .venv/bin/python benchmarks/bench_analyze.py [--runs 10000] [--checkpoints 50] [--stopped-share 0.0] [--no-command]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,11 +69,26 @@ def generate(runs: int, checkpoints: int, stopped_share: float, seed: int = 0) -
     return table
 
 
+def time_command(path: Path) -> tuple[float, dict]:
+    """Wall time and parsed output of `fishr-tune analyze --records path --format json` as a user runs it."""
+    script = Path(sys.executable).parent / "fishr-tune"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "fishr_tune.cli"]
+    start = time.perf_counter()
+    done = subprocess.run([*command, "analyze", "--records", str(path), "--format", "json"],
+                          capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"fishr-tune analyze exited {done.returncode}: {done.stderr.strip()}")
+    return seconds, json.loads(done.stdout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--checkpoints", type=int, default=50)
     parser.add_argument("--stopped-share", type=float, default=0.0, help="share of runs stopped early (ASHA-like)")
+    parser.add_argument("--no-command", dest="command", action="store_false",
+                        help="time the library calls only, not the `fishr-tune analyze` subprocess")
     args = parser.parse_args()
     table = generate(args.runs, args.checkpoints, args.stopped_share)
     with tempfile.TemporaryDirectory() as directory:
@@ -91,9 +111,16 @@ def main() -> None:
         summaries = an.summaries_of(selected)
         timings["summaries"] = time.perf_counter() - mark
         total = time.perf_counter() - start
+        if args.command:
+            command_seconds, output = time_command(path)
+            same = output == an.results_json(summaries)
+    print("library calls:")
     for name, seconds in timings.items():
         print(f"  {name:<18} {seconds:6.2f} s")
     print(f"  {'total':<18} {total:6.2f} s")
+    if args.command:
+        print(f"command `fishr-tune analyze --records X.parquet --format json`: {command_seconds:6.2f} s end to end "
+              f"(output {'equals' if same else 'DIFFERS FROM'} the library's)")
     print("groups selected: " + ", ".join(f"{m} {len(f)}" for m, f in selected.items()))
     print("summary rows: " + ", ".join(f"{m} {len(s)}" for m, s in summaries.items()))
 

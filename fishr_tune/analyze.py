@@ -30,6 +30,8 @@ KIND_TAG = "fishr_tune.kind"
 # Settings of the sweep (its parent run's params) that every trial shares: what best.yaml needs besides the trial's own.
 SWEEP_ARGS = ("steps", "checkpoint_freq", "holdout_fraction", "label_noise", "data_dir")
 TRAIN_CONFIG_ARGS = ("seed", "steps", "checkpoint_freq", "holdout_fraction", "label_noise", "data_dir")
+# Args whose TrainConfig default would silently change the rerun's accuracies when a record lacks them.
+REPRODUCING_ARGS = ("seed", "holdout_fraction")
 
 Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
 
@@ -359,25 +361,41 @@ class BestConfig:
     test_acc: float
     method: str
     config: dict[str, Any]  # a TrainConfig's fields
+    unknown: tuple[str, ...] = ()  # REPRODUCING_ARGS the run's records lack: the rerun uses defaults instead
 
-    def file_name(self) -> str:
-        return f"best_{self.algorithm}_te{self.test_env}_ts{self.trial_seed}.yaml"
+    def file_name(self, with_dataset: bool = False) -> str:
+        dataset = f"{self.dataset}_" if with_dataset else ""
+        return f"best_{dataset}{self.algorithm}_te{self.test_env}_ts{self.trial_seed}.yaml"
+
+    def reproduction_problem(self) -> str | None:
+        """Why rerunning this file would not give the selected run's records, or None when it would."""
+        if not self.unknown:
+            return None
+        names = ", ".join(f"args.{name}" for name in self.unknown)
+        return (f"the records of run {self.run} hold no {names} (e.g. an MLflow trial run without the {ARGS_TAG} tag), "
+                f"so `fishr-tune train` falls back to the default and will not reproduce step {self.step}")
 
     def yaml_text(self) -> str:
         import yaml
 
+        problem = self.reproduction_problem()
+        rerun = (f"# NOT A REPRODUCTION: {problem}\n" if problem else
+                 f"# rerun: fishr-tune train --config <this file> (the record at step {self.step} is the selected checkpoint)\n")
         header = (
             f"# fishr-tune analyze ({self.method}): {self.dataset} {self.algorithm}, test env {self.test_env}, "
             f"trial seed {self.trial_seed}\n"
             f"# selected run {self.run} at step {self.step}: validation {100 * self.val_acc:.2f}%, "
             f"test {100 * self.test_acc:.2f}%\n"
-            f"# rerun: fishr-tune train --config <this file> (the record at step {self.step} is the selected checkpoint)\n"
         )
-        return header + yaml.safe_dump(self.config, sort_keys=False)
+        return header + rerun + yaml.safe_dump(self.config, sort_keys=False)
 
 
 def best_configs(prepared: pd.DataFrame, selected: pd.DataFrame, method: str) -> list[BestConfig]:
-    """A `fishr-tune train --config` file's content for every selected run: its args and fully resolved hparams."""
+    """A `fishr-tune train --config` file's content for every selected run: its args and fully resolved hparams.
+
+    A run whose records lack a seed or split fraction still gets its file (the hyperparameters are the result),
+    but `unknown` names what is missing so the file and the command say it does not reproduce the run.
+    """
     hparam_columns = [c for c in prepared.columns if str(c).startswith("hparams.")]
     first = prepared.drop_duplicates(RUN).set_index(RUN)
     found = []
@@ -398,6 +416,7 @@ def best_configs(prepared: pd.DataFrame, selected: pd.DataFrame, method: str) ->
             dataset=str(row["dataset"]), algorithm=str(row["algorithm"]), test_env=int(row["test_env"]),
             trial_seed=int(row["trial_seed"]), run=str(row[RUN]), step=int(row["step"]), val_acc=float(row["val_acc"]),
             test_acc=float(row["test_acc"]), method=method, config=config,
+            unknown=tuple(name for name in REPRODUCING_ARGS if name not in config),
         ))
     return found
 
@@ -414,17 +433,22 @@ def check_best_config(best: BestConfig) -> str | None:
 
 
 def write_best_configs(bests: Sequence[BestConfig], path: str | Path) -> list[Path]:
-    """One selected group: `path` itself; several: one best_<algorithm>_te<k>_ts<s>.yaml each next to `path`."""
+    """One selected group: `path` itself; several: one best_<algorithm>_te<k>_ts<s>.yaml each next to `path`.
+
+    Returns the files in the order of `bests`. Several datasets put the dataset in the names, so no group's
+    file overwrites another's.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not bests:
         raise ConfigError("--best-config: no group was selected, so there is no configuration to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
     if len(bests) == 1:
         path.write_text(bests[0].yaml_text(), encoding="utf-8")
         return [path]
+    with_dataset = len({best.dataset for best in bests}) > 1
     written = []
     for best in bests:
-        target = path.parent / best.file_name()
+        target = path.parent / best.file_name(with_dataset)
         target.write_text(best.yaml_text(), encoding="utf-8")
         written.append(target)
     return written

@@ -309,14 +309,17 @@ the test accuracy of the selected checkpoint, mean ± standard error over trial 
                    of every run: runs stopped early by ASHA compete with the checkpoints they reached.
   leave_one_out    the configuration run with test envs {t} and {t, v} for every other env v;
                    validates on v's accuracy. A step counts only where every such run reached it,
-                   so a stopped run removes its configuration's later steps. Needs 'pairs' sweeps
-                   with the same configurations in every group (DomainBed's random sweeps).
+                   so a stopped run removes its configuration's later steps. Needs a 'pairs' sweep
+                   with `search: random` (the same configurations in every group, as
+                   DomainBed's random sweeps); TPE adapts per group and gives it no candidates.
   oracle           the test env's out split, last checkpoint only, complete runs only: runs
                    stopped early are left out.
 
 --best-config FILE writes the selected run as a `fishr-tune train --config` file (one selected group), or
-one best_<algorithm>_te<k>_ts<s>.yaml per group next to FILE; narrow with --algorithm/--test-env/--trial-seed.
-It follows --selection (training_domain when all three methods are shown).
+one best_<algorithm>_te<k>_ts<s>.yaml per group next to FILE instead of FILE (the names are printed);
+narrow to one group with --algorithm/--test-env/--trial-seed. It follows --selection (training_domain
+when all three methods are shown). A run whose records hold no seed gets a file marked (and a warning)
+as not reproducing it.
 Plots (PNG) are made only with --plots DIR; when reading MLflow they are also logged to the sweep's parent run.
 """
 
@@ -337,6 +340,8 @@ Plots (PNG) are made only with --plots DIR; when reading MLflow they are also lo
 def analyze(experiment: str | None, tracking_uri: str, records_path: str | None, selection_name: str | None,
             output_format: str, algorithm: str | None, test_env: int | None, trial_seed: int | None,
             best_config: str | None, export_path: str | None, plots_dir: str | None) -> None:
+    from pathlib import Path
+
     from fishr_tune import analyze as an
     from fishr_tune import report
     from fishr_tune.selection import SELECTION_METHODS
@@ -384,16 +389,21 @@ def analyze(experiment: str | None, tracking_uri: str, records_path: str | None,
         if methods_for_best not in selected:
             selected.update(an.selections(prepared, (methods_for_best,)))
         bests = an.best_configs(prepared, selected[methods_for_best], methods_for_best)
+        existed = Path(best_config).exists()
         written = an.write_best_configs(bests, best_config)
-        for best in bests:
+        for best, path in zip(bests, written):
             problem = an.check_best_config(best)
             if problem:
-                note(f"Warning: {best.file_name()}: fishr-tune train would refuse it: {problem}")
+                note(f"Warning: {path}: fishr-tune train would refuse it: {problem}")
+            if best.reproduction_problem():
+                note(f"Warning: {path}: {best.reproduction_problem()}")
         if len(written) == 1:
             note(f"Best configuration ({methods_for_best}): {written[0]}")
         else:
-            note(f"Best configurations ({methods_for_best}): {len(written)} groups selected, one file each in "
-                 f"{written[0].parent}: {', '.join(p.name for p in written)} (narrow with --algorithm/--test-env/--trial-seed)")
+            stale = f"; the {best_config} already there is from an earlier analysis" if existed else ""
+            note(f"Best configurations ({methods_for_best}): {len(written)} groups selected, so {best_config} was not "
+                 f"written{stale}; wrote {', '.join(str(p) for p in written)} (for one file at {best_config}, narrow to "
+                 f"one group with --algorithm/--test-env/--trial-seed)")
     if plots_dir:
         paths = an.make_plots(prepared, plots_dir)
         if sweep is not None:

@@ -8,8 +8,6 @@ from typing import Any
 
 import pandas as pd
 
-from fishr_tune.data import DATASET_ENVIRONMENTS
-
 FORMATS = ("table", "markdown", "latex", "json")
 SELECTION_TITLES = {
     "training_domain": "training-domain validation",
@@ -21,6 +19,8 @@ SELECTION_TITLES = {
 def env_label(dataset: str, test_env: str) -> str:
     if test_env == "avg":
         return "Avg"
+    from fishr_tune.data import DATASET_ENVIRONMENTS  # imports torch (~3 s): only when a table names environments
+
     names = DATASET_ENVIRONMENTS.get(dataset)
     index = int(test_env)
     return names[index] if names and index < len(names) else f"env{index}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +173,161 @@ def test_several_groups_give_one_file_each_unless_filtered(tmp_path: Path) -> No
                                        str(tmp_path / "out" / "best.yaml"), "--format", "markdown"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["best_ERM_te2_ts0.yaml", "best_IRM_te1_ts0.yaml"]
-    assert "2 groups selected" in result.output
+    assert "2 groups selected" in result.stderr and "--algorithm/--test-env/--trial-seed" in result.stderr
+    printed = printed_best_files(result.stderr)
+    assert printed == [tmp_path / "out" / "best_ERM_te2_ts0.yaml", tmp_path / "out" / "best_IRM_te1_ts0.yaml"]
+    assert [yaml.safe_load(p.read_text())["algorithm"] for p in printed] == ["ERM", "IRM"]
+    assert not (tmp_path / "out" / "best.yaml").exists()
+    (tmp_path / "out" / "best.yaml").write_text("# from an earlier analysis\n")
+    result = CliRunner().invoke(main, ["analyze", "--records", str(tmp_path / "runs"), "--best-config",
+                                       str(tmp_path / "out" / "best.yaml"), "--format", "json"])
+    assert "already there is from an earlier analysis" in result.stderr  # a newcomer is not sent to a stale file
     result = CliRunner().invoke(main, ["analyze", "--records", str(tmp_path / "runs"), "--algorithm", "IRM",
                                        "--best-config", str(tmp_path / "one.yaml"), "--format", "json"])
     assert result.exit_code == 0, result.output
     assert yaml.safe_load((tmp_path / "one.yaml").read_text())["algorithm"] == "IRM"
+
+
+def printed_best_files(stderr: str) -> list[Path]:
+    """The files `--best-config` says it wrote for several groups (one stderr line)."""
+    line = next(line for line in stderr.splitlines() if line.startswith("Best configurations"))
+    return [Path(name) for name in line.split("; wrote ")[1].split(" (for one file")[0].split(", ")]
+
+
+def test_one_file_per_dataset_and_group_when_datasets_share_a_group_name(tmp_path: Path) -> None:
+    best = an.BestConfig(DATASET, "ERM", 2, 0, "a", 1, 0.8, 0.4, "training_domain", {"dataset": DATASET})
+    other = an.BestConfig(**{**best.__dict__, "dataset": "ColoredMNIST", "config": {"dataset": "ColoredMNIST"}})
+    written = an.write_best_configs([best, other], tmp_path / "best.yaml")
+    assert [p.name for p in written] == [f"best_{DATASET}_ERM_te2_ts0.yaml", "best_ColoredMNIST_ERM_te2_ts0.yaml"]
+    assert [yaml.safe_load(p.read_text())["dataset"] for p in written] == [DATASET, "ColoredMNIST"]
+
+
+def test_best_config_of_a_run_without_a_recorded_seed_says_it_does_not_reproduce(tmp_path: Path) -> None:
+    """MLflow trial runs without the args tag have no seed: the file is written for its hyperparameters, but the
+    command warns and the file's header says so, rather than letting training silently fall back to seed 0."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_sweep_to_mlflow(uri, "old", RUNS, args_tag=False)
+    target = tmp_path / "best.yaml"
+    result = CliRunner().invoke(main, ["analyze", "--experiment", "old", "--tracking-uri", uri, "--selection",
+                                       "training_domain", "--best-config", str(target), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert f"Warning: {target}: the records of run trial_a hold no args.seed" in result.stderr
+    assert "will not reproduce step 1" in result.stderr
+    text = target.read_text()
+    assert "NOT A REPRODUCTION" in text and "# rerun:" not in text
+    values = yaml.safe_load(text)
+    assert "seed" not in values and values["hparams"]["lr"] == 1e-3 and values["holdout_fraction"] == 0.2
+
+    log_sweep_to_mlflow(uri, "new", RUNS, args_tag=True)
+    result = CliRunner().invoke(main, ["analyze", "--experiment", "new", "--tracking-uri", uri, "--selection",
+                                       "training_domain", "--best-config", str(target), "--format", "json"])
+    assert result.exit_code == 0 and "Warning" not in result.stderr
+    assert yaml.safe_load(target.read_text())["seed"] == 7 and "# rerun:" in target.read_text()
+
+
+def test_default_table_output_and_export_through_the_cli(tmp_path: Path) -> None:
+    runs = {**RUNS, "c": [record(s, 1, 0.6, 0.25, algorithm="IRM") for s in range(3)]}
+    write_results_dirs(tmp_path / "runs", runs)
+    export = tmp_path / "export" / "records.parquet"
+    result = CliRunner().invoke(main, ["analyze", "--records", str(tmp_path / "runs"), "--export", str(export)])
+    assert result.exit_code == 0, result.output
+    table = result.stdout
+    assert "training-domain validation" in table and "test-domain validation (oracle)" in table
+    assert "leave-one-domain-out cross-validation: no group has the runs this method needs" in table
+    # The first (training_domain) table: ColoredMNIST-IRM's environment names (env1 = +90%, env2 = -90%) as
+    # columns, one row per algorithm with mean ± se where it has a result (ERM: run a at step 1; IRM: run c).
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Algorithm" in line and "Avg" in line)
+    cells = [[cell.strip() for cell in re.split("[┃│]", line)[1:-1]] for line in lines[start:start + 5] if line[0] in "┃│"]
+    assert cells == [["Algorithm", "+90%", "-90%", "Avg"], ["ERM", "X", "40.0 ± 0.0", "X"], ["IRM", "25.0 ± 0.0", "X", "X"]]
+    assert export.stat().st_size > 0 and f"rows written to {export}" in result.stderr
+
+    from_dirs = CliRunner().invoke(main, ["analyze", "--records", str(tmp_path / "runs"), "--format", "json"])
+    from_parquet = CliRunner().invoke(main, ["analyze", "--records", str(export), "--format", "json"])
+    assert from_dirs.exit_code == 0 and from_parquet.exit_code == 0, from_parquet.output
+    assert json.loads(from_parquet.stdout) == json.loads(from_dirs.stdout)
+    assert json.loads(from_parquet.stdout)["training_domain"][DATASET]["IRM"]["1"]["mean"] == pytest.approx(25.0)
+
+
+# --- leave-one-out on a DomainBed sweep output directory -----------------------------------------------------
+
+DOMAINBED_HPARAMS = {"batch_size": 64, "class_balanced": False, "data_augmentation": True, "nonlinear_classifier": False,
+                     "resnet18": False, "resnet_dropout": 0.0, "weight_decay": 0.0}
+LOO_CONFIGS = {"A": (1, 1e-3), "B": (2, 3e-4)}  # name: (hparams_seed, lr), the same in every group as in DomainBed
+LOO_TEST_ENVS = [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
+# (config, test envs, step) -> accuracies that differ from 0.5. For test env 0 (validated on env1 in the {0, 1} run
+# and env2 in the {0, 2} run):
+#   A @ step 0: (0.95 + 0.55) / 2 = 0.75; A @ 300: ineligible, A's {0, 2} run stopped after step 0
+#   B @ step 0: 0.5 (the 1.0s are out splits, which leave-one-out never reads); B @ 300: (0.9 + 0.7) / 2 = 0.8
+# so leave-one-out picks B at step 300 and reports B's {0} run's env0 in accuracy there: 0.42.
+LOO_ACCURACIES = {
+    ("A", (0,), 0): {"env0_in_acc": 0.99},
+    ("A", (0, 1), 0): {"env1_in_acc": 0.95},
+    ("A", (0, 1), 300): {"env1_in_acc": 1.0},
+    ("A", (0, 2), 0): {"env2_in_acc": 0.55},
+    ("B", (0,), 300): {"env0_in_acc": 0.42},
+    ("B", (0, 1), 0): {"env1_out_acc": 1.0},
+    ("B", (0, 1), 300): {"env1_in_acc": 0.9},
+    ("B", (0, 2), 0): {"env2_out_acc": 1.0},
+    ("B", (0, 2), 300): {"env2_in_acc": 0.7},
+}
+
+
+def write_domainbed_sweep(root: Path) -> dict[tuple[str, tuple[int, ...]], str]:
+    """What DomainBed's sweep writes: one output dir per run (named by a hash of its args) holding results.jsonl
+    (json.dumps(..., sort_keys=True) per checkpoint, DomainBed's keys), out.txt and done. Returns the dir names."""
+    names = {}
+    for config, (hparams_seed, lr) in LOO_CONFIGS.items():
+        for test_envs in LOO_TEST_ENVS:
+            args = {"algorithm": "ERM", "checkpoint_freq": None, "data_dir": "/data", "dataset": "ColoredMNIST",
+                    "holdout_fraction": 0.2, "hparams": None, "hparams_seed": hparams_seed, "output_dir": "",
+                    "save_model_every_checkpoint": False, "seed": 1000 + hparams_seed, "skip_model_save": False,
+                    "steps": None, "task": "domain_generalization", "test_envs": list(test_envs), "trial_seed": 0,
+                    "uda_holdout_fraction": 0}
+            name = hashlib.md5(json.dumps(args, sort_keys=True).encode()).hexdigest()
+            args["output_dir"] = str(root / name)
+            steps = [0] if (config, test_envs) == ("A", (0, 2)) else [0, 300]
+            lines = []
+            for step in steps:
+                accuracies = {f"env{i}_{split}_acc": 0.5 for i in range(3) for split in ("in", "out")}
+                accuracies.update(LOO_ACCURACIES.get((config, test_envs, step), {}))
+                lines.append(json.dumps({"args": args, "epoch": step / 100, "hparams": {**DOMAINBED_HPARAMS, "lr": lr},
+                                         "loss": 0.3, "mem_gb": 0.1, "step": step, "step_time": 0.02, **accuracies},
+                                        sort_keys=True))
+            (root / name).mkdir(parents=True)
+            (root / name / records.RESULTS_FILE).write_text("\n".join(lines) + "\n")
+            (root / name / "out.txt").write_text("")
+            (root / name / "done").write_text("done")
+            names[(config, test_envs)] = name
+    return names
+
+
+def test_leave_one_out_on_a_domainbed_sweep_dir_matches_runs_by_configuration(tmp_path: Path) -> None:
+    names = write_domainbed_sweep(tmp_path / "sweep")
+    prepared = an.selection_table(an.gather_files(tmp_path / "sweep"))
+    assert prepared["config"].nunique() == 2  # each configuration is one key across its six runs
+    chosen = an.selections(prepared, ["leave_one_out"])["leave_one_out"]
+    assert sorted(chosen["test_env"]) == [0, 1, 2]
+    te0 = chosen[chosen["test_env"] == 0].iloc[0]
+    assert (te0["run"], te0["step"]) == (names[("B", (0,))], 300)
+    assert json.loads(te0["config"])["lr"] == 3e-4
+    assert te0["val_acc"] == pytest.approx(0.8) and te0["test_acc"] == pytest.approx(0.42)
+    cell = an.results_json(an.summaries_of({"leave_one_out": chosen}))["leave_one_out"]["ColoredMNIST"]["ERM"]["0"]
+    assert cell == {"mean": pytest.approx(42.0), "se": pytest.approx(0.0), "n": 1}
+
+
+def test_leave_one_out_survives_a_parquet_round_trip(tmp_path: Path) -> None:
+    write_domainbed_sweep(tmp_path / "sweep")
+    export = tmp_path / "records.parquet"
+    args = ["analyze", "--selection", "leave_one_out", "--format", "json"]
+    from_dirs = CliRunner().invoke(main, [*args, "--records", str(tmp_path / "sweep"), "--export", str(export)])
+    from_parquet = CliRunner().invoke(main, [*args, "--records", str(export)])
+    assert from_dirs.exit_code == 0 and from_parquet.exit_code == 0, from_parquet.output
+    assert json.loads(from_parquet.stdout) == json.loads(from_dirs.stdout)
+    assert json.loads(from_parquet.stdout)["leave_one_out"]["ColoredMNIST"]["ERM"]["0"]["mean"] == pytest.approx(42.0)
+    mine = an.selections(an.selection_table(an.gather_files(tmp_path / "sweep")), ["leave_one_out"])["leave_one_out"]
+    theirs = an.selections(an.selection_table(an.gather_files(export)), ["leave_one_out"])["leave_one_out"]
+    pd.testing.assert_frame_equal(mine, theirs)
 
 
 def test_json_output_is_one_object_of_the_documented_shape(tmp_path: Path) -> None:
