@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -70,3 +71,22 @@ def test_malformed_yaml_exits_2(tmp_path) -> None:
     bad.write_text("- a\n- b\n")
     result = invoke("train", "--config", str(bad))
     assert result.exit_code == 2 and "expected a mapping" in result.output
+
+
+def test_train_help_names_every_registered_algorithm() -> None:
+    from fishr_tune.algorithms import ALGORITHMS
+
+    import re
+
+    named = set(re.findall(r"[A-Za-z]+", invoke("train", "--help").output))
+    assert sorted(set(ALGORITHMS) - named) == []
+
+
+@pytest.mark.parametrize("algorithm", ["CORAL", "MMD", "DANN", "CDANN", "Fish", "GroupDRO", "Mixup"])
+def test_every_baseline_trains_through_the_cli(tmp_path, algorithm: str) -> None:
+    out = tmp_path / "run"
+    result = invoke("train", "--algorithm", algorithm, "--steps", "4", "--checkpoint-freq", "2", "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 2, 3]
+    assert all(r["args"]["algorithm"] == algorithm and 0.0 <= r["env2_in_acc"] <= 1.0 for r in records)
