@@ -55,3 +55,38 @@ def test_an_image_search_space_starts_on_a_miniature(local_ray, tmp_path) -> Non
     values["hyperparameters"].pop("resnet_dropout")
     summary = run_sweep(build_spec(values, "pacs_fishr.yaml"), stream=open(os.devnull, "w"))
     assert (summary.finished, summary.failed) == (1, 0), summary.failures
+
+
+@pytest.mark.parametrize("algorithm", ["Fishr", "ERM"])
+@pytest.mark.parametrize("dataset", sorted(STEMS))
+def test_every_image_search_space_starts_training(dataset: str, algorithm: str, tmp_path, monkeypatch) -> None:
+    """Each shipped file's first suggestion, as a trial receives it, trains (in-process, no Ray) on a miniature
+    of that dataset's folders; only the GPU-sized network settings are shrunk so it fits a CPU test."""
+    import math
+
+    from fishr_tune.data import get_dataset
+    from fishr_tune.data.images import write_synthetic_dataset
+    from fishr_tune.sweep.search import make_search
+    from fishr_tune.sweep.trainable import trial_train_config
+    from fishr_tune.training import Trainer
+
+    monkeypatch.setenv("FISHR_TUNE_CACHE", str(tmp_path / "cache"))
+    spec = load_spec(SEARCH_SPACES / f"{STEMS[dataset]}_{algorithm.lower()}.yaml")
+    searcher, _ = make_search(spec)
+    config = searcher.suggest("trial_0")
+    assert config["dataset"] == dataset and config["algorithm"] == algorithm
+    assert set(hparam_space(algorithm, dataset)) >= set(config["hparams"]) >= {"lr", "batch_size"}
+    config["hparams"].update(featurizer="resnet18", resnet_weights="none", image_size=32, batch_size=2)
+    run = {"steps": 2, "checkpoint_freq": 1, "holdout_fraction": spec.settings.holdout_fraction,
+           "label_noise": spec.settings.label_noise, "device": "cpu"}
+    train_config = trial_train_config(config, run)
+    write_synthetic_dataset(dataset, tmp_path / "data", classes=("a", "b"), images_per_class=3, size=(16, 16))
+    data = get_dataset(dataset, data_dir=str(tmp_path / "data"), seed=config["trial_seed"])
+    trainer = Trainer(train_config, data)
+    try:
+        records = list(trainer.records())
+    finally:
+        trainer.close()
+    assert [r["step"] for r in records] == [0, 1]
+    n_envs = len(DATASET_ENVIRONMENTS[dataset])
+    assert all(math.isfinite(r["loss"]) and 0.0 <= r[f"env{n_envs - 1}_out_acc"] <= 1.0 for r in records)
