@@ -14,6 +14,9 @@ Conventions shared by all engines:
 - the per-sample gradient is that of the sample's own loss (not divided by the batch size), as DomainBed sums
   the loss before BackPACK and the IRM-style script multiplies ``grad_batch`` by the batch size;
 - parameters are taken in ``classifier.named_parameters()`` order, each flattened, then concatenated;
+- the full-covariance variant (paper, Table 6) is the official ColoredMNIST script's ``fishr_offdiagonal``:
+  one covariance block per parameter tensor (weight, bias; no cross terms between tensors), each divided by
+  n x (that tensor's number of elements), the blocks flattened and concatenated into D x sum(p_t^2);
 - with ``create_graph=True`` (the default) the result is differentiable with respect to the features (the
   penalty trains the featurizer) and the head; with ``create_graph=False`` it is a detached value, computed
   without recording a graph where the engine allows it (Fishr before its anneal step only needs the value).
@@ -56,28 +59,48 @@ def loss_gradient_wrt_logits(logits: torch.Tensor, labels: torch.Tensor, loss: L
 
 
 def moments_to_variance(
-    grads: torch.Tensor, domain_sizes: Sequence[int], centered: bool, full_covariance: bool
+    grads: torch.Tensor,
+    domain_sizes: Sequence[int],
+    centered: bool,
+    full_covariance: bool,
+    param_sizes: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """From materialized per-sample gradients (N x P) to per-domain variances (D x P) or covariances (D x P x P)."""
+    """From materialized per-sample gradients (N x P) to per-domain variances (D x P) or covariance blocks.
+
+    With `full_covariance`, `param_sizes` (each head parameter's number of elements, in column order) splits the
+    P columns into tensors; each tensor t gets its own p_t x p_t block, divided by n * p_t as the official
+    script's ``fishr_offdiagonal`` does (``einsum("na,nb->ab") / (n * p_t)``), and the result is the D x sum(p_t^2)
+    concatenation of the flattened blocks.
+    """
+    if full_covariance:
+        if param_sizes is None:
+            raise ValueError("full_covariance needs param_sizes: one covariance block per parameter tensor")
+        if sum(param_sizes) != grads.shape[1]:
+            raise ValueError(f"param_sizes sum to {sum(param_sizes)}, but the gradients have {grads.shape[1]} columns")
     out = []
     for chunk in torch.split(grads, list(domain_sizes)):
         if centered:
             chunk = chunk - chunk.mean(dim=0, keepdim=True)
         if full_covariance:
-            out.append(chunk.T @ chunk / chunk.shape[0])
+            blocks = torch.split(chunk, list(param_sizes), dim=1)
+            out.append(torch.cat([(b.T @ b).flatten() / (b.shape[0] * b.shape[1]) for b in blocks]))
         else:
             out.append(chunk.pow(2).mean(dim=0))
     return torch.stack(out)
 
 
+def covariance_size(param_sizes: Sequence[int]) -> int:
+    """Number of coordinates of one domain's full-covariance result: sum over parameter tensors of p_t^2."""
+    return sum(p * p for p in param_sizes)
+
+
 def fishr_penalty(variances: torch.Tensor) -> torch.Tensor:
     """Mean over domains of the mean squared difference between a domain's variance and the domains' average.
 
-    DomainBed's ``l2_between_dicts`` takes the mean over every coordinate of every head parameter; the same
-    holds for D x P variances and D x P x P covariances.
+    DomainBed's ``l2_between_dicts`` takes the mean over every coordinate of every head parameter; every domain
+    has the same coordinates, so one mean over everything equals the mean over domains of per-domain means.
     """
-    mean_variance = variances.mean(dim=0, keepdim=True)
-    return (variances - mean_variance).pow(2).flatten(1).mean(dim=1).mean()
+    return (variances - variances.mean(dim=0, keepdim=True)).square().mean()
 
 
 def head_parameter_count(classifier: nn.Module) -> int:
@@ -106,7 +129,7 @@ class GradVarEngine(ABC):
         logits: torch.Tensor | None = None,
         create_graph: bool = True,
     ) -> torch.Tensor:
-        """D x P variances (or D x P x P covariances) of per-sample head gradients, domain by domain.
+        """D x P variances (or D x sum(p_t^2) covariance blocks) of per-sample head gradients, domain by domain.
 
         `features` is the concatenation of the domains' features in `domain_sizes` order; `logits`, if given,
         must be `classifier(features)` (engines that can reuse it skip a forward pass).
@@ -156,7 +179,8 @@ class ClosedFormEngine(GradVarEngine):
                 per_sample = torch.einsum("nc,nf->ncf", dlogits, features).flatten(1)
                 if has_bias:
                     per_sample = torch.cat([per_sample, dlogits], dim=1)
-                return moments_to_variance(per_sample, domain_sizes, centered, full_covariance=True)
+                param_sizes = [p.numel() for p in classifier.parameters()]
+                return moments_to_variance(per_sample, domain_sizes, centered, True, param_sizes)
             sizes = torch.tensor(list(domain_sizes), dtype=features.dtype, device=features.device)
             g2 = dlogits * dlogits
             weight_var = per_domain_outer_sums(g2, features * features, domain_sizes) / sizes.view(-1, 1, 1)
@@ -227,7 +251,8 @@ class TorchFuncEngine(GradVarEngine):
 
         grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, features, labels)
         per_sample = torch.cat([grads[name].flatten(1) for name in params], dim=1)
-        return moments_to_variance(per_sample, domain_sizes, centered, full_covariance)
+        param_sizes = [p.numel() for p in params.values()]
+        return moments_to_variance(per_sample, domain_sizes, centered, full_covariance, param_sizes)
 
 
 @register_engine
@@ -281,7 +306,7 @@ class BackpackEngine(GradVarEngine):
                 for p in params:
                     if hasattr(p, "grad_batch"):
                         del p.grad_batch
-        result = moments_to_variance(per_sample, domain_sizes, centered, full_covariance)
+        result = moments_to_variance(per_sample, domain_sizes, centered, full_covariance, [p.numel() for p in params])
         return result if create_graph else result.detach()
 
 

@@ -35,22 +35,32 @@ def _hand_bce(logit: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
 
 
-def _hand_fishr(model: rep.IrmMLP, envs_x: list[torch.Tensor], envs_y: list[torch.Tensor]) -> torch.Tensor:
-    """Per-sample head gradients materialized one sample at a time by autograd, then the script's reduction."""
+def _hand_fishr(model: rep.IrmMLP, envs_x: list[torch.Tensor], envs_y: list[torch.Tensor], centered: bool = True,
+                offdiagonal: bool = False) -> torch.Tensor:
+    """Per-sample head gradients materialized one sample at a time by autograd, then the script's reduction,
+    tensor by tensor (weight, bias) as its compute_grads_variance: centred unless fishr_notcentered; for
+    fishr_offdiagonal einsum("na,nb->ab") / (n * p), else the mean of squares."""
     head = model.classifier
-    variances = []
+    statistics = []
     for x, y in zip(envs_x, envs_y):
-        rows = []
+        per_tensor: list[list[torch.Tensor]] = [[], []]
         for i in range(len(y)):
             feature = model.body(x[i : i + 1])
             loss = _hand_bce(head(feature).reshape(()), y[i])
-            grads = torch.autograd.grad(loss, [head.weight, head.bias], create_graph=True)
-            rows.append(torch.cat([g.reshape(-1) for g in grads]))
-        per_sample = torch.stack(rows)
-        centred = per_sample - per_sample.mean(dim=0, keepdim=True)
-        variances.append(centred.pow(2).mean(dim=0))
-    average = (variances[0] + variances[1]) / 2
-    return sum(((v - average) ** 2).sum() for v in variances)
+            for rows, grad in zip(per_tensor, torch.autograd.grad(loss, [head.weight, head.bias], create_graph=True)):
+                rows.append(grad.reshape(-1))
+        blocks = []
+        for rows in per_tensor:
+            grads = torch.stack(rows)
+            if centered:
+                grads = grads - grads.mean(dim=0, keepdim=True)
+            if offdiagonal:
+                blocks.append((torch.einsum("na,nb->ab", grads, grads) / (grads.shape[0] * grads.shape[1])).reshape(-1))
+            else:
+                blocks.append(grads.pow(2).mean(dim=0))
+        statistics.append(torch.cat(blocks))
+    average = (statistics[0] + statistics[1]) / 2
+    return sum(((v - average) ** 2).sum() for v in statistics)
 
 
 def _hand_irm(model: rep.IrmMLP, envs_x: list[torch.Tensor], envs_y: list[torch.Tensor]) -> torch.Tensor:
@@ -67,7 +77,11 @@ def _hand_vrex(model: rep.IrmMLP, envs_x: list[torch.Tensor], envs_y: list[torch
     return (nlls[0] - nlls[1]) ** 2
 
 
-HAND_PENALTIES = {"IRM": _hand_irm, "VREx": _hand_vrex, "Fishr": _hand_fishr}
+HAND_PENALTIES = {
+    "IRM": _hand_irm, "VREx": _hand_vrex, "Fishr": _hand_fishr,
+    "Fishr-notcentered": lambda *problem: _hand_fishr(*problem, centered=False),
+    "Fishr-offdiagonal": lambda *problem: _hand_fishr(*problem, offdiagonal=True),
+}
 
 
 def test_fishr_penalty_and_its_gradient_match_materialized_per_sample_gradients(small_problem) -> None:
@@ -83,7 +97,7 @@ def test_fishr_penalty_and_its_gradient_match_materialized_per_sample_gradients(
         torch.testing.assert_close(g_ours, g_hand, rtol=1e-4, atol=1e-9)
 
 
-@pytest.mark.parametrize("algorithm", ["IRM", "VREx", "Fishr"])
+@pytest.mark.parametrize("algorithm", ["IRM", "VREx", "Fishr", "Fishr-notcentered", "Fishr-offdiagonal"])
 @pytest.mark.parametrize("step", [0, 189, 190, 400])
 def test_loop_objective_matches_hand_computation(small_problem, algorithm: str, step: int) -> None:
     """loss = mean env NLL + l2 * ||w||^2 + weight * penalty, divided by the weight once it is annealed in."""
@@ -100,6 +114,26 @@ def test_loop_objective_matches_hand_computation(small_problem, algorithm: str, 
         expected = expected / weight
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-9)
     assert out.train_nll == pytest.approx(nll.item(), rel=1e-6)
+
+
+def test_fishr_variants_differ_from_fishr_and_from_each_other(small_problem) -> None:
+    """The Table 6 variants are not Fishr under another name: three distinct penalties on the same batch."""
+    model, envs_x, envs_y = small_problem
+    penalties = {a: rep.training_loss(a, model, envs_x, envs_y, 0, rep.ScriptConfig()).penalty
+                 for a in ("Fishr", "Fishr-notcentered", "Fishr-offdiagonal")}
+    assert all(p > 0 for p in penalties.values())
+    assert len({round(p, 12) for p in penalties.values()}) == 3
+
+
+def test_tiny_run_of_the_variants_shows_no_paper_numbers() -> None:
+    result = _invoke("--algorithms", "fishr-offdiagonal,FISHR-notcentered", "--restarts", "1", "--steps", "2", "--no-ray")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Algorithm"))
+    rows = lines[start + 2 : start + 4]
+    assert [row.split()[0] for row in rows] == ["Fishr-offdiagonal", "Fishr-notcentered"]
+    assert all(row.count("n/a") == 4 for row in rows)
+    assert "Table 6 variants" in result.output
 
 
 def test_erm_objective_has_no_penalty(small_problem) -> None:
@@ -182,7 +216,8 @@ def test_label_noise_other_than_table2_hides_papers_numbers_and_partial_saves_ar
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--algorithms", "ERM,Foo"], "unknown algorithm 'Foo'; valid algorithms: ERM, Fishr, IRM, VREx"),
+        (["--algorithms", "ERM,Foo"],
+         "unknown algorithm 'Foo'; valid algorithms: ERM, Fishr, Fishr-notcentered, Fishr-offdiagonal, IRM, VREx"),
         (["--restarts", "0"], "--restarts"),
         (["--label-noise", "1.5"], "--label-noise"),
         (["--steps", "0"], "--steps"),

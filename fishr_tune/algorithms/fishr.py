@@ -22,12 +22,13 @@ from fishr_tune.gradvar import LossKind, engine_names, fishr_penalty, get_engine
 from fishr_tune.hparams import HParam, fixed, loguniform, uniform
 from fishr_tune.networks import Classifier, Featurizer
 
-# A full covariance is D x P x P: beyond this many head parameters it is neither cheap nor what the paper meant.
+# A full covariance holds one p x p block per head parameter tensor and domain (up to D x P^2 numbers): beyond
+# this many head parameters it is neither cheap nor what the paper meant.
 MAX_FULL_COVARIANCE_PARAMS = 4096
 
 
 class DomainMovingAverage:
-    """DomainBed's per-domain EMA with the 1/(1 - ema) correction, as one D x P (or D x P x P) state.
+    """DomainBed's per-domain EMA with the 1/(1 - ema) correction, as one D x P (or D x sum p_t^2) state.
 
     m_t = ema * m_{t-1} + (1 - ema) * v_t with m_0 = 0, stored detached; the value used is m_t / (1 - ema),
     so the gradient reaches v_t with coefficient 1 whatever ema is, and the first call returns v_1.
@@ -58,7 +59,9 @@ class Fishr(Algorithm):
             "closed_form", fixed(), "per-sample gradient variances: closed_form, torch_func or backpack", valid=tuple(engine_names())
         ),
         "centered": HParam(True, fixed(), "centred variance (paper's default) or uncentred second moment (Table 6)"),
-        "full_covariance": HParam(False, fixed(), "match the full covariance over the head's parameters (Table 6; small heads only)"),
+        "full_covariance": HParam(
+            False, fixed(), "match each head parameter tensor's full gradient covariance (Table 6, the official "
+            "script's fishr_offdiagonal; small heads only)"),
     }
     UPDATE_KEYS = ("loss", "nll", "penalty")
 
@@ -78,7 +81,7 @@ class Fishr(Algorithm):
         if self.hparams["full_covariance"] and n_params > MAX_FULL_COVARIANCE_PARAMS:
             raise ConfigError(
                 f"hyperparameters: full_covariance needs a head of at most {MAX_FULL_COVARIANCE_PARAMS} parameters "
-                f"(its covariance is P x P per domain); this head has {n_params}"
+                f"(one p x p covariance block per parameter tensor and domain); this head has {n_params}"
             )
         self.classifier = self.engine.prepare(classifier)
         self.network = nn.Sequential(self.featurizer, self.classifier)
