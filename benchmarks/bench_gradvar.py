@@ -6,6 +6,8 @@ graph (as after Fishr's anneal step), the Fishr penalty, and its backward into t
 
 Time: the median over `--repeats` runs, the engines measured round-robin in one process (so a machine shared
 with other jobs slows every engine alike), after one warm-up run each.
+Floor: the same measurement with no variance arithmetic (head forward, penalty, backward): a lower bound for
+every engine, so `backpack / floor` bounds the speed-up any engine can show over BackPACK on that head.
 Memory: each (case, engine) runs in a fresh subprocess; after building the inputs the child resets the kernel's
 peak-RSS counter (``/proc/self/clear_refs``) after one warm-up run, runs penalty + backward twice, and reports peak RSS (VmHWM) minus
 the RSS before the runs: the extra host memory the engine needed at its high-water mark (allocator caching
@@ -62,16 +64,33 @@ def penalty_and_backward(engine_name: str, head: nn.Module, features: torch.Tens
         p.grad = None
 
 
+FLOOR = "floor"
+
+
+def floor_and_backward(head: nn.Module, features: torch.Tensor, case: Case) -> None:
+    """What every engine's measurement also pays: the head's forward, a D x P result tied to it, the penalty and
+    the backward into features and head, with no variance arithmetic at all. No engine can be faster."""
+    logits = head(features)
+    n_params = sum(p.numel() for p in head.parameters())
+    fishr_penalty(logits[:1, :1].expand(len(case.domain_sizes), n_params) * 1.0).backward()
+    features.grad = None
+    for p in head.parameters():
+        p.grad = None
+
+
 def time_case(case: Case, repeats: int) -> dict[str, float]:
+    """Median time per engine, and of the `floor` (see floor_and_backward), interleaved round-robin."""
     head, features, labels = make_inputs(case)
     heads = {name: get_engine(name).prepare(copy.deepcopy(head)) for name in sorted(ENGINES)}
-    for name, h in heads.items():  # warm-up
-        penalty_and_backward(name, h, features, labels, case)
-    samples: dict[str, list[float]] = {name: [] for name in heads}
+    runs = {name: (lambda name=name, h=h: penalty_and_backward(name, h, features, labels, case)) for name, h in heads.items()}
+    runs[FLOOR] = lambda: floor_and_backward(head, features, case)
+    for run in runs.values():  # warm-up
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for name, h in heads.items():
+        for name, run in runs.items():
             start = time.perf_counter()
-            penalty_and_backward(name, h, features, labels, case)
+            run()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
@@ -131,6 +150,8 @@ def main() -> None:
             mem_ratio = f"{memory[name] / memory['closed_form']:14.1f}" if memory["closed_form"] >= 1 else f"{'n/a':>14}"
             print(f"{case.name:34} {name:12} {times[name] * 1e3:9.2f} {times[name] / times['closed_form']:14.1f} "
                   f"{memory[name]:9.1f} {mem_ratio}")
+        print(f"{case.name:34} {FLOOR:12} {times[FLOOR] * 1e3:9.2f} {times[FLOOR] / times['closed_form']:14.1f} "
+              f"{'':>9} {'':>14}   (no engine can be faster; backpack / floor = {times['backpack'] / times[FLOOR]:.1f}x)")
 
 
 if __name__ == "__main__":
