@@ -115,3 +115,49 @@ def test_mlflow_sync_command(tmp_path) -> None:
     assert len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("synced").experiment_id])) == 2
     missing = runner.invoke(main, ["mlflow-sync", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no MLflow journal here" in missing.output
+
+
+def test_one_log_batch_per_checkpoint(tmp_path, monkeypatch) -> None:
+    """Each checkpoint's metrics go in one log_batch call, sent once, however often the journal is flushed.
+
+    The other batches, stated: a run's start sends its params and tags in batches of at most 100 params (the
+    first batch also carries the tags), and each set_tags sends one batch of tags; end_run is set_terminated.
+    """
+    batches: list[tuple[str, dict]] = []
+    original = MlflowClient.log_batch
+
+    def counting_log_batch(self, run_id, *args, **kwargs):
+        batches.append((run_id, {name: list(kwargs.get(name) or []) for name in ("metrics", "params", "tags")}))
+        return original(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", counting_log_batch)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    journal = MlflowJournal(tmp_path / "journal", uri, "batches")
+    journal.start_run("sweep", "batches", params={f"p{i}": i for i in range(150)}, tags={"fishr_tune.kind": "sweep"})
+    journal.start_run("t1", "ERM te2 ts0 t1", parent="sweep", params={"lr": 1e-3, "batch_size": 32}, tags={"algorithm": "ERM"})
+    checkpoints = [0, 40, 80, 120, 159]
+    for step in checkpoints:  # the sweep flushes while trials run: some flushes find one checkpoint, some none
+        journal.log_metrics("t1", {"env0_in_acc": 0.5, "env0_out_acc": 0.5, "val_acc": step / 200, "loss": 0.7, "nll": 0.7},
+                            step=step, timestamp_ms=1_000 + step)
+        assert journal.flush(force=True) == 0
+        assert journal.flush(force=True) == 0
+    journal.set_tags("t1", {"status": "finished"})
+    journal.end_run("t1")
+    assert journal.flush(force=True) == 0
+
+    sweep_id, trial_id = journal.run_id("sweep"), journal.run_id("t1")
+    metric_batches = [(run, batch["metrics"]) for run, batch in batches if batch["metrics"]]
+    assert len(metric_batches) == len(checkpoints)
+    assert [run for run, _ in metric_batches] == [trial_id] * len(checkpoints)
+    for (_, metrics), step in zip(metric_batches, checkpoints):
+        assert {m.step for m in metrics} == {step} and len(metrics) == 5
+    assert all(not batch["params"] and not batch["tags"] for _, batch in batches if batch["metrics"])
+    # (the key and parent tags go with create_run, not in a batch)
+    param_batches = [(run, len(batch["params"]), len(batch["tags"])) for run, batch in batches if batch["params"]]
+    assert param_batches == [(sweep_id, 100, 1), (sweep_id, 50, 0), (trial_id, 2, 1)]
+    tag_batches = [(run, [t.key for t in batch["tags"]]) for run, batch in batches if not batch["params"] and not batch["metrics"]]
+    assert tag_batches == [(trial_id, ["status"])]
+    assert len(batches) == len(checkpoints) + 4
+    client = MlflowClient(uri)
+    assert [s for s, _ in metric_points(client, trial_id, "val_acc")] == checkpoints
+    assert client.get_run(trial_id).info.status == "FINISHED"

@@ -4,22 +4,24 @@ through a server outage mid-sweep and through trial retries."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle, tune
 from ray.tune import Callback
 
 from fishr_tune import records
+from fishr_tune.sweep.mlflow_callback import JOURNAL_DIR
 from fishr_tune.sweep.runner import run_sweep
-from fishr_tune.sweep.spec import build_spec
+from fishr_tune.sweep.spec import build_spec, load_spec
 from fishr_tune.sweep.trainable import run_trial
-from fishr_tune.tracking import KEY_TAG
+from fishr_tune.tracking import JOURNAL_FILE, KEY_TAG, SENT_FILE
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -61,27 +63,56 @@ def assert_mirrors_ray(uri: str, name: str, experiment_dir: Path) -> list[Any]:
     return children
 
 
-def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_ray, mlflow_server, tiny_sweep) -> None:
-    summary = run_sweep(sweep_spec(tiny_sweep, "mirror", mlflow_server.uri), stream=open(os.devnull, "w"))
+def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_ray, mlflow_server, tiny_sweep, tmp_path) -> None:
+    # a real search-space file, as `fishr-tune sweep FILE` reads it: the parent run keeps it as an artifact
+    source = tmp_path / "mirror.yaml"
+    source.write_text(yaml.safe_dump({**tiny_sweep, "name": "mirror", "tracking_uri": mlflow_server.uri}, sort_keys=False))
+    summary = run_sweep(load_spec(source), stream=open(os.devnull, "w"))
     assert summary.mlflow_pending == 0 and summary.finished == 4
     children = assert_mirrors_ray(mlflow_server.uri, "mirror", Path(summary.experiment_dir))
+    client = MlflowClient(mlflow_server.uri)
     fishr = next(c for c in children if c.data.tags["algorithm"] == "Fishr")
     assert {"lambda", "ema", "lr"} <= set(fishr.data.params)
     assert fishr.data.tags["env2"] == "-90%" and fishr.data.tags["status"] == "finished"
     assert fishr.info.run_name.startswith("Fishr te2 ts0 ")
-    artifacts = [a.path for a in MlflowClient(mlflow_server.uri).list_artifacts(fishr.info.run_id)]
+    artifacts = [a.path for a in client.list_artifacts(fishr.info.run_id)]
     assert any(path.endswith(".png") for path in artifacts)
+    # the training losses at every checkpoint: nll for every algorithm, the penalty for Fishr (ERM has none)
+    checkpoints = [0, 40, 80, 119]
+    for child in children:
+        names = [records.NLL, records.PENALTY] if child.data.tags["algorithm"] == "Fishr" else [records.NLL]
+        for name in names:
+            history = client.get_metric_history(child.info.run_id, name)
+            assert sorted(m.step for m in history) == checkpoints, (child.data.tags["algorithm"], name)
+            assert all(math.isfinite(m.value) for m in history)
+    erm = next(c for c in children if c.data.tags["algorithm"] == "ERM")
+    assert records.PENALTY not in erm.data.metrics
     parent, _ = mlflow_runs(mlflow_server.uri, "mirror")
     assert parent.data.metrics["finished"] == 4 and parent.data.params["dataset"] == "ColoredMNIST-IRM"
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["mirror.yaml"]
+    downloaded = client.download_artifacts(parent.info.run_id, "mirror.yaml", str(tmp_path / "downloaded"))
+    assert Path(downloaded).read_text() == source.read_text()
+
+
+def journal_pending(journal_dir: Path) -> int:
+    """Operations journaled but not sent, read from the journal's files (without opening a journal on them)."""
+    journaled = (journal_dir / JOURNAL_FILE).read_text().splitlines()
+    sent = journal_dir / SENT_FILE
+    return len(journaled) - (int(sent.read_text() or 0) if sent.exists() else 0)
 
 
 class ServerOutage(Callback):
-    """Stops the server at the first record and brings it back a few records later (in the background)."""
+    """Stops the server at the first record and starts it again at the sixth (of 16), waiting until it answers:
+    the server is back while the sweep still has trials to run."""
 
-    def __init__(self, server: Any):
+    RESTART_AT = 6
+
+    def __init__(self, server: Any, journal_dir: Path):
         self.server = server
+        self.journal_dir = journal_dir
         self.results = 0
-        self.restart: threading.Thread | None = None
+        self.pending_when_restarted: int | None = None
+        self.restarted_while_running = False
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune saves its callbacks with the experiment; the server handle stays in this process."""
@@ -91,23 +122,25 @@ class ServerOutage(Callback):
         self.results += 1
         if self.results == 1:
             self.server.stop()
-        elif self.results == 6:
-            self.restart = threading.Thread(target=self.server.start)
-            self.restart.start()
+        elif self.results == self.RESTART_AT:
+            self.pending_when_restarted = journal_pending(self.journal_dir)
+            self.server.start()
+            self.restarted_while_running = any(t.status in ("RUNNING", "PENDING") for t in trials)
 
 
 def test_server_outage_mid_sweep_loses_and_duplicates_nothing(local_ray, mlflow_server, tiny_sweep) -> None:
-    outage = ServerOutage(mlflow_server)
-    summary = run_sweep(sweep_spec(tiny_sweep, "outage", mlflow_server.uri), callbacks=[outage], stream=open(os.devnull, "w"))
-    if outage.restart is not None:
-        outage.restart.join()
-    assert summary.finished == 4
-    from fishr_tune.sweep.mlflow_callback import JOURNAL_DIR
-    from fishr_tune.tracking import MlflowJournal
-
-    # whatever the sweep could not send before it ended is sent now (what `fishr-tune mlflow-sync` does)
-    journal = MlflowJournal.open_existing(Path(summary.experiment_dir) / JOURNAL_DIR)
-    assert journal.flush(force=True) == 0
+    spec = sweep_spec(tiny_sweep, "outage", mlflow_server.uri)
+    journal_dir = Path(tiny_sweep["storage_path"]).resolve() / "outage" / JOURNAL_DIR
+    outage = ServerOutage(mlflow_server, journal_dir)
+    summary = run_sweep(spec, callbacks=[outage], stream=open(os.devnull, "w"))
+    assert summary.finished == 4 and outage.results == 16
+    # the outage held operations back, and the server was back before the sweep ended ...
+    assert outage.pending_when_restarted and outage.pending_when_restarted > 0
+    assert outage.restarted_while_running
+    # ... so the sweep itself delivered everything: nothing left for `fishr-tune mlflow-sync`
+    assert summary.mlflow_pending == 0 and summary.mlflow_error is None
+    assert summary.mlflow_journal == str(journal_dir) and journal_pending(journal_dir) == 0
+    assert not any("mlflow-sync" in line for line in summary.lines())
     assert_mirrors_ray(mlflow_server.uri, "outage", Path(summary.experiment_dir))
 
 
@@ -122,16 +155,18 @@ def crash_once(config: dict[str, Any], dataset_refs: Any, run: Any) -> None:
     run_trial(config, dataset_refs, run, after_report=after_report)
 
 
-def test_a_retried_trial_keeps_one_run(local_ray, tiny_sweep) -> None:
-    uri = tiny_sweep["tracking_uri"]
-    spec = build_spec({**tiny_sweep, "algorithms": ["ERM"], "per_algorithm": {}, "name": "retry"}, "test.yaml")
+def test_a_retried_trial_keeps_one_run(local_ray, mlflow_server, tiny_sweep) -> None:
+    uri = mlflow_server.uri
+    spec = sweep_spec({**tiny_sweep, "algorithms": ["ERM"], "per_algorithm": {}}, "retry", uri)
     summary = run_sweep(spec, trainable=crash_once, stream=open(os.devnull, "w"))
     assert summary.finished == 2
     assert len(list(local_ray.glob("mlflow-*"))) == 2  # both trials did crash once
     children = assert_mirrors_ray(uri, "retry", Path(summary.experiment_dir))
     assert len({c.data.tags[KEY_TAG] for c in children}) == len(children) == 2
-    history = MlflowClient(uri).get_metric_history(children[0].info.run_id, "val_acc")
-    assert sorted(m.step for m in history) == [0, 40, 80, 119]
+    for child in children:
+        history = MlflowClient(uri).get_metric_history(child.info.run_id, "val_acc")
+        assert sorted(m.step for m in history) == [0, 40, 80, 119]
+        assert child.info.status == "FINISHED" and child.data.tags["status"] == "finished"
 
 
 @pytest.mark.parametrize("uri", ["sqlite:///relative.db"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,7 +29,7 @@ from fishr_tune.analyze import gather_files
 from fishr_tune.errors import ConfigError
 from fishr_tune.sweep.runner import SPEC_FILE, SUMMARY_FILE, run_sweep
 from fishr_tune.sweep.spec import build_spec
-from fishr_tune.sweep.trainable import NODE_ID, START_STEP, run_trial
+from fishr_tune.sweep.trainable import NODE_ID, START_STEP, STEPS_TRAINED, run_trial
 from fishr_tune.training import NonFiniteLossError
 
 # The fault-injecting trainables below run in Ray workers, which cannot import this test module by name.
@@ -90,7 +91,8 @@ def crash_once_then_diverge(config: dict[str, Any], dataset_refs: Any, run: Any)
 
 
 def test_crashed_trials_resume_from_their_checkpoint_and_divergence_fails_one_trial(local_ray: Path, tmp_path: Path) -> None:
-    summary = run_sweep(spec_for(tmp_path), trainable=crash_once_then_diverge, stream=open(os.devnull, "w"))
+    spec = spec_for(tmp_path)
+    summary = run_sweep(spec, trainable=crash_once_then_diverge, stream=open(os.devnull, "w"))
     results = trial_results(Path(summary.experiment_dir))
     assert len(results) == 2
     # Every trial crashed once (two attempts) ...
@@ -110,6 +112,137 @@ def test_crashed_trials_resume_from_their_checkpoint_and_divergence_fails_one_tr
     saved = json.loads((Path(summary.experiment_dir) / SUMMARY_FILE).read_text())
     assert saved["failed"] == 1 and saved["finished"] == 1
     assert saved["groups"]["ERM/te2/ts0"]["best_val_acc"] > 0.5
+    # MLflow: the diverged trial's run failed with the reason, the other finished; the crashes made no extra runs
+    client = MlflowClient(spec.settings.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id],
+                              filter_string="tags.`fishr_tune.kind` = 'trial'")
+    assert sorted(run.data.tags["ray_trial_id"] for run in runs) == sorted(results)
+    outcome = {(run.data.tags["status"], run.info.status) for run in runs}
+    assert outcome == {("failed: non-finite loss: loss became nan at step 80", "FAILED"), ("finished", "FINISHED")}
+    for run in runs:
+        diverged = run.data.tags["status"].startswith("failed")
+        expected_steps = [0, 40, 80] if diverged else ALL_STEPS  # the diverged step has no accuracies to log
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, records.VAL_ACC)) == expected_steps
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, records.NLL)) == expected_steps
+
+
+def crash_once_after_step_40(config: dict[str, Any], dataset_refs: Any, run: Any) -> None:
+    marker = Path(os.environ[FAULTS_ENV]) / f"sync-{tune.get_context().get_trial_id()}"
+
+    def after_report(steps_trained: int) -> None:
+        if steps_trained >= 41 and not marker.exists():
+            marker.write_text("crashed")
+            raise RuntimeError("injected crash")
+
+    run_trial(config, dataset_refs, run, after_report=after_report)
+
+
+class StaleStorageAtRetry(tune.Callback):
+    """Leaves the sweep's storage with the trial's result.json as a periodic sync that missed the last record
+    leaves it (Tune syncs the driver's trial files in the background, every few checkpoints): the state in which
+    a retried trial's loggers copy it back over the driver's complete one."""
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        storage = trial.storage
+        lines = Path(trial.local_path, "result.json").read_text().splitlines(keepends=True)
+        assert json.loads(lines[-1])[records.STEP] == 40
+        storage.storage_filesystem.create_dir(storage.trial_fs_path, recursive=True)
+        with storage.storage_filesystem.open_output_stream(f"{storage.trial_fs_path}/result.json") as out:
+            out.write("".join(lines[:-1]).encode())
+
+
+def test_a_retried_trial_keeps_every_record_logged_before_its_crash(local_ray: Path, tmp_path: Path) -> None:
+    """A retried trial restarts from its checkpoint, and Tune's loggers then copy its result.json back from the
+    storage, which may be older than the driver's: the records logged since the last sync must not be lost."""
+    spec = spec_for(tmp_path, name="retry_logs", search={"num_samples": 1, "seed": 0})
+    summary = run_sweep(spec, trainable=crash_once_after_step_40, callbacks=[StaleStorageAtRetry()],
+                        stream=open(os.devnull, "w"))
+    assert len(list(local_ray.glob("sync-*"))) == 1  # the trial did crash
+    (rows,) = trial_results(Path(summary.experiment_dir)).values()
+    assert [row[records.STEP] for row in rows] == ALL_STEPS
+    assert rows[-1][START_STEP] == 41  # continued from the checkpoint of step 40
+    table = gather_files(summary.experiment_dir)
+    assert table["step"].tolist() == ALL_STEPS
+
+
+# ASHA, two groups, one trial at a time (a trial takes both CPUs) so each group's rungs see its trials in the
+# order they were suggested. lr is a choice between a working rate and one that leaves the model at its
+# initialization; with search seed 4 each group samples [good, bad, good] (asserted below), so each group's bad
+# trial reaches the first rung after a good one recorded ~0.87 there, is below the cutoff and must be stopped.
+ASHA_SWEEP: dict[str, Any] = {
+    "name": "asha",
+    "algorithms": ["ERM", "Fishr"],
+    "steps": 120,
+    "checkpoint_freq": 20,
+    "hyperparameters": {"lr": {"choice": [3.0e-3, 1.0e-7]}, "batch_size": 32, "hidden_dim": 64},
+    "per_algorithm": {"Fishr": {"lambda": 100.0, "penalty_anneal_iters": 40}},
+    "search": {"algorithm": "tpe", "num_samples": 3, "seed": 4},
+    "scheduler": {"type": "asha", "grace_period": 20, "reduction_factor": 2},
+    "resources": {"cpu": 2},
+}
+GOOD_LR, BAD_LR = 3.0e-3, 1.0e-7
+
+
+def asha_rungs(grace_period: int, reduction_factor: float, steps: int) -> set[float]:
+    """The steps where ASHA may stop a trial, as GroupScheduler's ASHA defines them: grace_period * rf**k < steps."""
+    rungs, k = set(), 0
+    while grace_period * reduction_factor**k < steps:
+        rungs.add(grace_period * reduction_factor**k)
+        k += 1
+    return rungs
+
+
+def test_asha_stops_the_bad_trial_of_each_group_at_a_rung(local_ray: Path, tmp_path: Path) -> None:
+    import io
+
+    spec = spec_for(tmp_path, **ASHA_SWEEP)
+    display = io.StringIO()
+    summary = run_sweep(spec, stream=display)
+    results = trial_results(Path(summary.experiment_dir))
+    assert len(results) == 6
+    scheduler = spec.settings.scheduler
+    rungs = asha_rungs(scheduler.grace_period, scheduler.reduction_factor, spec.settings.steps)
+    assert rungs == {20, 40, 80}
+    lrs: dict[str, list[float]] = {}
+    stopped: dict[str, tuple[str, int]] = {}
+    configs = {json.loads((f.parent / "result.json").read_text().splitlines()[0])["trial_id"]: json.loads(f.read_text())
+               for f in Path(summary.experiment_dir).glob("*/params.json")}
+    # one trial at a time: a group's trials ran in the order they were suggested (sample_index)
+    for trial_id, rows in sorted(results.items(), key=lambda item: configs[item[0]]["sample_index"]):
+        group, last = rows[0]["group"], rows[-1]
+        assert configs[trial_id]["group"] == group
+        lrs.setdefault(group, []).append(last["hparams.lr"])
+        if last[records.STEP] < 119:
+            stopped[trial_id] = (group, last[records.STEP])
+            assert last[records.STEP] in rungs, (trial_id, last[records.STEP])
+            assert last[STEPS_TRAINED] == last[records.STEP] + 1
+            assert last["hparams.lr"] == BAD_LR
+        else:
+            assert [row[records.STEP] for row in rows] == [0, 20, 40, 60, 80, 100, 119]
+    # the premise of the test: each group sampled good, bad, good (in the order the trials ran)
+    assert lrs == {"ERM/te2/ts0": [GOOD_LR, BAD_LR, GOOD_LR], "Fishr/te2/ts0": [GOOD_LR, BAD_LR, GOOD_LR]}
+    # each group's bad trial stopped at the first rung, the others trained to the end
+    assert sorted(stopped.values()) == [("ERM/te2/ts0", 20), ("Fishr/te2/ts0", 20)]
+    assert (summary.trials, summary.finished, summary.stopped_early, summary.failed, summary.unfinished) == (6, 4, 2, 0, 0)
+    for key in ("ERM/te2/ts0", "Fishr/te2/ts0"):
+        counts = summary.groups[key]
+        assert (counts.finished, counts.stopped_early, counts.failed, counts.running) == (2, 1, 0, 0)
+        assert counts.best_hparams["lr"] == GOOD_LR and counts.best_val_acc > 0.8
+    assert summary.steps_trained == 4 * 120 + 2 * 21 < summary.steps_without_early_stopping == 6 * 120
+    assert summary.lines()[0] == "Sweep asha: 6 trials: 4 finished, 2 stopped early, 0 failed"
+    # the display's last lines (one per group, from Tune's own Trial objects) count the stopped trials
+    last_lines = display.getvalue().splitlines()[-2:]
+    for line, key in zip(last_lines, ("ERM/te2/ts0", "Fishr/te2/ts0")):
+        best = f"{summary.groups[key].best_val_acc:.4f}"
+        assert line.split("] ", 1)[1] == f"{key}: 0 running, 2 finished, 1 stopped early, 0 failed, best val_acc {best}"
+    # MLflow: the child run of a stopped trial says where it stopped
+    client = MlflowClient(spec.settings.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("asha").experiment_id],
+                              filter_string="tags.`fishr_tune.kind` = 'trial'")
+    statuses = {run.data.tags["ray_trial_id"]: run.data.tags["status"] for run in runs}
+    assert len(statuses) == 6
+    for trial_id, status in statuses.items():
+        assert status == (f"stopped early at step {stopped[trial_id][1]}" if trial_id in stopped else "finished")
 
 
 class InterruptAtAFinalRecord(tune.Callback):
@@ -119,10 +252,13 @@ class InterruptAtAFinalRecord(tune.Callback):
     def __init__(self, final_step: int):
         self.final_step = final_step
         self.completed = 0
+        self.completed_before: set[str] = set()  # trials Tune had completed when the SIGINT was sent
         self.interrupted_trial: str | None = None
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.completed += 1
+        if self.interrupted_trial is None:
+            self.completed_before.add(trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if self.completed and self.interrupted_trial is None and result.get(records.STEP) == self.final_step:
@@ -130,21 +266,57 @@ class InterruptAtAFinalRecord(tune.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+def trial_log(trial_id: str) -> Path:
+    return Path(os.environ[FAULTS_ENV]) / f"resume-{trial_id}.log"
+
+
+def logged_trial(config: dict[str, Any], dataset_refs: Any, run: Any) -> None:
+    """The real trial, writing "start" when it starts (or restarts) and the steps trained after each report."""
+    log = trial_log(tune.get_context().get_trial_id())
+    with open(log, "a") as handle:
+        handle.write("start\n")
+
+    def after_report(steps_trained: int) -> None:
+        with open(log, "a") as handle:
+            handle.write(f"{steps_trained}\n")
+
+    run_trial(config, dataset_refs, run, after_report=after_report)
+
+
 def test_interrupted_sweep_resumes_without_running_any_trial_twice(local_ray: Path, tmp_path: Path) -> None:
     spec = spec_for(tmp_path, name="resumable", steps=240, trial_seeds=[0, 1], search={"num_samples": 2, "seed": 1})
     interrupt = InterruptAtAFinalRecord(final_step=239)
-    first = run_sweep(spec, callbacks=[interrupt], stream=open(os.devnull, "w"))
-    assert first.interrupted and first.finished >= 1
+    first = run_sweep(spec, trainable=logged_trial, callbacks=[interrupt], stream=open(os.devnull, "w"))
+    assert first.interrupted and first.finished >= 1, first
     before = trial_results(Path(first.experiment_dir))
     done_before = {t for t, rows in before.items() if rows[-1][records.STEP] == 239}
+    completed_before = interrupt.completed_before
+    assert completed_before and interrupt.interrupted_trial not in completed_before, (completed_before, interrupt.interrupted_trial)
+    assert completed_before <= done_before, (completed_before, done_before)
+    every_report = ["start", *(str(step + 1) for step in [0, 40, 80, 120, 160, 200, 239])]
+    for trial_id in completed_before:
+        assert trial_log(trial_id).read_text().split() == every_report, (trial_id, trial_log(trial_id).read_text().split())
 
     with pytest.raises(ConfigError, match="already holds sweep 'resumable'; pass --resume"):
         run_sweep(spec)
     with pytest.raises(ConfigError, match="started with different settings \\(steps\\)"):
         run_sweep(spec.with_overrides(steps=300), resume=True)
 
-    second = run_sweep(spec, resume=True, stream=open(os.devnull, "w"))
+    second = run_sweep(spec, resume=True, trainable=logged_trial, stream=open(os.devnull, "w"))
     after = trial_results(Path(second.experiment_dir))
+    logs = {trial_id: trial_log(trial_id).read_text().split() for trial_id in after}
+    for trial_id in completed_before:
+        # a trial that had completed was not started again: one start and each step reported once, overall
+        assert logs[trial_id] == every_report, (trial_id, logs)
+    for trial_id, log in logs.items():
+        # no trial started more than twice (once a session); each (re)start reports onwards from where it began
+        assert 1 <= log.count("start") <= 2, (trial_id, log)
+        for attempt in " ".join(log).split("start"):
+            steps = [int(step) for step in attempt.split()]
+            assert steps == sorted(set(steps)), (trial_id, log)
+        assert sorted({int(step) for step in log if step != "start"}) == [int(s) for s in every_report[1:]], (trial_id, log)
+    # the interrupted trial restarted once, from the checkpoint before its final record, and trained only that again
+    assert logs[interrupt.interrupted_trial][-2:] == ["start", "240"], logs[interrupt.interrupted_trial]
     assert (second.finished, second.trials, second.unfinished) == (4, 4, 0)
     assert len(after) == 4
     every_step = [0, 40, 80, 120, 160, 200, 239]
@@ -346,3 +518,88 @@ def test_trials_land_on_both_nodes_and_losing_the_worker_node_loses_no_trial(two
     assert moved
     for rows in moved:
         assert rows[-1][NODE_ID] == two_node_cluster["head_node"] and rows[-1][START_STEP] >= 201
+
+
+# ---- the progress display, fed Trial-like objects (what Tune's callbacks receive) ----
+
+def fake_trial(trial_id: str, group: str, status: str, step: int | None = None, best: float | None = None,
+               failure: str | None = None) -> Any:
+    from types import SimpleNamespace
+
+    last: dict[str, Any] = {} if step is None else {records.STEP: step}
+    if failure:
+        last["failure"] = failure
+    return SimpleNamespace(trial_id=trial_id, config={"group": group, "hparams": {"lr": 1e-3}}, status=status,
+                           last_result=last, metric_analysis={} if best is None else {records.VAL_ACC: {"max": best}})
+
+
+def progress_trials() -> list[Any]:
+    erm, fishr = "ERM/te2/ts0", "Fishr/te2/ts0"
+    return [
+        fake_trial("e1", erm, "RUNNING", 40, 0.70),
+        fake_trial("e2", erm, "TERMINATED", 119, 0.85),  # all 120 steps
+        fake_trial("e3", erm, "TERMINATED", 40, 0.60),  # stopped by ASHA at a rung
+        fake_trial("e4", erm, "ERROR", 80, 0.65),  # crashed more often than max_failures allows
+        fake_trial("e5", erm, "PENDING"),
+        fake_trial("f1", fishr, "TERMINATED", 81, float("nan"), failure="non-finite loss: nan"),  # diverged
+        fake_trial("f2", fishr, "PAUSED", 40, 0.75),  # waiting for a slot: neither running nor done
+        fake_trial("x1", "IRM/te2/ts0", "RUNNING", 40, 0.99),  # not a group of this sweep: ignored
+    ]
+
+
+def display_lines(stream: Any) -> list[str]:
+    return [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
+
+
+def test_progress_display_counts_each_group_and_its_best_val_acc() -> None:
+    import io
+
+    from fishr_tune.sweep.runner import ProgressCallback
+
+    spec = build_spec({**copy.deepcopy(BASE), "algorithms": ["ERM", "Fishr"], "steps": 120, "name": "progress"}, "test.yaml")
+    stream = io.StringIO()
+    progress = ProgressCallback(spec, stream, interval_s=3600.0)
+    trials = progress_trials()
+    progress.on_step_end(0, trials)
+    expected = [
+        "ERM/te2/ts0: 1 running, 1 finished, 1 stopped early, 1 failed, best val_acc 0.8500",
+        "Fishr/te2/ts0: 0 running, 0 finished, 0 stopped early, 1 failed, best val_acc 0.7500",
+    ]
+    assert display_lines(stream) == expected
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] ERM/te2/ts0: .*", stream.getvalue().splitlines()[0])
+    # within interval_s nothing is printed, even when the counts change ...
+    trials[0] = fake_trial("e1", "ERM/te2/ts0", "TERMINATED", 119, 0.90)
+    progress.on_step_end(1, trials)
+    assert display_lines(stream) == expected
+    # ... and the end of the experiment always shows the final counts, once
+    progress.on_experiment_end(trials)
+    final = ["ERM/te2/ts0: 0 running, 2 finished, 1 stopped early, 1 failed, best val_acc 0.9000",
+             "Fishr/te2/ts0: 0 running, 0 finished, 0 stopped early, 1 failed, best val_acc 0.7500"]
+    assert display_lines(stream) == expected + final
+    progress.show(trials)  # unchanged counts: no new lines
+    assert display_lines(stream) == expected + final
+
+
+def test_progress_display_on_a_terminal_is_a_table() -> None:
+    import io
+
+    from fishr_tune.sweep.runner import ProgressCallback
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    spec = build_spec({**copy.deepcopy(BASE), "algorithms": ["ERM", "Fishr"], "steps": 120, "name": "progress"}, "test.yaml")
+    stream = Terminal()
+    progress = ProgressCallback(spec, stream)
+    progress.on_step_end(0, progress_trials())
+    assert progress.live is not None
+    progress.on_experiment_end(progress_trials())
+    assert progress.live is None
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue())
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("│").split("│")]
+                                               for line in text.splitlines() if line.startswith("│"))}
+    assert rows == {"ERM/te2/ts0": ["1", "1", "1", "1", "0.8500"], "Fishr/te2/ts0": ["0", "0", "0", "1", "0.7500"]}
+    # Tune pickles its callbacks with the experiment: the copy keeps the settings and writes to stdout
+    restored = cloudpickle.loads(cloudpickle.dumps(progress))
+    assert (restored.spec.name, restored.interval_s, restored.stream, restored.live) == ("progress", 5.0, sys.stdout, None)
