@@ -71,3 +71,13 @@ def test_every_environment_is_its_source_digits_rotated_by_its_angle(seed: int) 
 def test_label_noise_is_rejected() -> None:
     with pytest.raises(ConfigError, match="RotatedMNIST has no label noise"):
         get_dataset("RotatedMNIST", label_noise=0.1)
+
+
+def test_importing_the_datasets_or_the_sweep_trainable_leaves_torchvision_unloaded() -> None:
+    """torchvision costs ~1.2 s to import; every sweep worker imports the trainable, whatever the dataset."""
+    import subprocess
+    import sys
+
+    code = "import sys, fishr_tune.data, fishr_tune.sweep.trainable; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "False"
