@@ -89,11 +89,6 @@ def moments_to_variance(
     return torch.stack(out)
 
 
-def covariance_size(param_sizes: Sequence[int]) -> int:
-    """Number of coordinates of one domain's full-covariance result: sum over parameter tensors of p_t^2."""
-    return sum(p * p for p in param_sizes)
-
-
 def fishr_penalty(variances: torch.Tensor) -> torch.Tensor:
     """Mean over domains of the mean squared difference between a domain's variance and the domains' average.
 
