@@ -117,7 +117,6 @@ def image_hparams() -> dict[str, HParam]:
             "ImageNet weights: auto (torch hub cache, else random init with a warning), imagenet (cache, required), "
             "none (random init), or a path to a torchvision state_dict file",
         ),
-        "amp": HParam("off", fixed(), "mixed precision of the featurizer on CUDA: off or bf16", valid=AMP_MODES),
     }
 
 
@@ -126,6 +125,10 @@ def _shared_hparams(dataset: str) -> dict[str, HParam]:
     space = {
         "featurizer": HParam(DEFAULT_FEATURIZER.get(dataset, "resnet50"), fixed(), "network body: " + "/".join(FEATURIZERS)),
         "nonlinear_classifier": HParam(False, fixed(), "3-layer MLP head instead of a linear one"),
+        "amp": HParam(
+            "off", fixed(), "mixed precision of the featurizer: off or bf16 (CUDA, or a CPU with native bfloat16)",
+            valid=AMP_MODES,
+        ),
         "resnet_dropout": HParam(0.0, choice(0.0, 0.1, 0.5), "dropout after the ResNet featurizer"),
         "lr": HParam(1e-3, loguniform(-4.5, -2.5)) if small else HParam(5e-5, loguniform(-5, -3.5)),
         "weight_decay": HParam(0.0, fixed()) if small else HParam(0.0, loguniform(-6, -2)),

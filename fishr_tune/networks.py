@@ -71,6 +71,53 @@ WEIGHTS_KEYWORDS = ("auto", "imagenet", "none")
 AUTOCAST_DTYPES = {"off": None, "bf16": torch.bfloat16}
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), the case where CPU autocast pays off.
+
+    oneDNN would also run bfloat16 on plain AVX-512 by converting, which is slower than float32, so that
+    does not count.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check is not None and check() for check in checks)
+
+
+def amp_unsupported_reason(amp: str, device: torch.device) -> str | None:
+    """Why `amp` cannot run on `device` (None when it can): bf16 needs a CUDA GPU with bfloat16 or a CPU with it."""
+    if amp == "off":
+        return None
+    if device.type == "cuda":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return None
+        return "this CUDA device has no bfloat16 support"
+    if device.type == "cpu":
+        if cpu_has_native_bf16():
+            return None
+        capability = torch.backends.cpu.get_cpu_capability()
+        return f"this CPU ({capability}) has no native bfloat16 instructions (avx512_bf16 or AMX)"
+    return f"mixed precision is not supported on {device.type}"
+
+
+class Autocast(nn.Module):
+    """Runs a featurizer under bfloat16 autocast on its input's device and hands float32 features on.
+
+    The head, the losses and every penalty (Fishr's gradient variances included) stay in float32, where their
+    small differences survive.
+    """
+
+    def __init__(self, body: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.body = body
+        self.dtype = dtype
+        self.n_outputs = body.n_outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
+            features = self.body(x)
+        return features.float()
+
+
 def resolve_resnet_weights(arch: str, weights: str | None) -> Path | None:
     """The checkpoint to load for `weights` (auto / imagenet / none / a file), or None for random initialisation.
 
@@ -110,8 +157,8 @@ def resolve_resnet_weights(arch: str, weights: str | None) -> Path | None:
 class ResNet(nn.Module):
     """A torchvision ResNet without its fc layer; BatchNorm stays frozen in train mode (as DomainBed and Fishr).
 
-    With `amp` ("bf16") the body runs under CUDA autocast and hands float32 features on: the head, the losses and
-    every penalty (Fishr's gradient variances included) stay in float32, where their small differences survive.
+    With `amp` ("bf16") the body runs under autocast (CUDA, or a CPU with bfloat16) and hands float32 features on:
+    the head, the losses and every penalty (Fishr's gradient variances included) stay in float32.
     """
 
     def __init__(
@@ -144,8 +191,8 @@ class ResNet(nn.Module):
         self.freeze_bn()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.autocast_dtype is not None and x.is_cuda:
-            with torch.autocast(device_type="cuda", dtype=self.autocast_dtype):
+        if self.autocast_dtype is not None:
+            with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
                 features = self.network(x)
             return self.dropout(features.float())
         return self.dropout(self.network(x))
@@ -164,13 +211,20 @@ class ResNet(nn.Module):
 def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any]) -> nn.Module:  # noqa: N802
     """The featurizer that `hparams['featurizer']` names; it exposes `n_outputs`."""
     kind = hparams["featurizer"]
-    if kind == "mlp":
-        n_inputs = 1
-        for dim in input_shape:
-            n_inputs *= dim
-        return MLP(n_inputs, hparams.get("hidden_dim", 390), hparams.get("hidden_layers", 2))
-    if kind == "mnist_cnn":
-        return MNIST_CNN(input_shape)
+    amp = hparams.get("amp", "off")
+    if amp not in AUTOCAST_DTYPES:
+        raise ConfigError(f"hyperparameter amp: expected one of {list(AUTOCAST_DTYPES)}, got {amp!r}")
+    if kind in ("mlp", "mnist_cnn"):
+        body: nn.Module
+        if kind == "mlp":
+            n_inputs = 1
+            for dim in input_shape:
+                n_inputs *= dim
+            body = MLP(n_inputs, hparams.get("hidden_dim", 390), hparams.get("hidden_layers", 2))
+        else:
+            body = MNIST_CNN(input_shape)
+        dtype = AUTOCAST_DTYPES[amp]
+        return body if dtype is None else Autocast(body, dtype)
     if kind in ("resnet18", "resnet50"):
         return ResNet(
             input_shape, kind, hparams.get("resnet_dropout", 0.0), hparams.get("resnet_weights"), hparams.get("amp", "off")

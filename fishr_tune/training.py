@@ -23,6 +23,7 @@ from fishr_tune.data import DATASET_ENVIRONMENTS, MultiDomainDataset, check_test
 from fishr_tune.data.loaders import FileBackedSplits
 from fishr_tune.errors import ConfigError
 from fishr_tune.hparams import apply_overrides, hparams_for_trial
+from fishr_tune.networks import amp_unsupported_reason
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.yaml"
@@ -145,13 +146,11 @@ def accuracy(algorithm: Algorithm, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def check_amp(hparams: Mapping[str, Any], device: torch.device) -> None:
-    """Mixed precision is a CUDA feature here: asking for it on the CPU is refused, not silently ignored."""
+    """Mixed precision the device cannot run natively is refused, not silently ignored or emulated slowly."""
     amp = hparams.get("amp", "off")
-    if amp != "off" and device.type != "cuda":
-        raise ConfigError(
-            f"hyperparameter amp: {amp!r} needs a CUDA device, but this run is on {device.type}; set amp to 'off' "
-            "or train with --device cuda"
-        )
+    reason = amp_unsupported_reason(amp, device)
+    if reason is not None:
+        raise ConfigError(f"hyperparameter amp: {amp!r} cannot run here: {reason}; set amp to 'off'")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -217,8 +216,8 @@ class Trainer:
         self.splits: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.file_splits: FileBackedSplits | None = None
         input_shape = dataset.input_shape
+        check_amp(self.hparams, self.device)
         if dataset.file_backed:
-            check_amp(self.hparams, self.device)
             split_indices = {}
             for i, env in enumerate(dataset.environments):
                 in_idx, out_idx = holdout_split(len(env), config.holdout_fraction, config.trial_seed, i)

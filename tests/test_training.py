@@ -122,3 +122,28 @@ def test_erm_with_mnist_cnn_learns_the_colour_on_domainbed_colored_mnist(tmp_pat
     )
     produced = run_training(config)
     assert any(r["env0_out_acc"] > 0.7 and r["env1_out_acc"] > 0.7 and r["env2_in_acc"] < 0.3 for r in produced)
+
+
+def test_bf16_on_the_cpu_trains_fishr_with_float32_penalty_state(tmp_path, monkeypatch) -> None:
+    """amp: bf16 on a CPU with bfloat16 (declared so here, the test runs on any CPU: autocast also emulates it):
+    Fishr trains, its moving averages of gradient variances stay float32, and accuracy tracks fp32's."""
+    from fishr_tune import networks
+
+    monkeypatch.setattr(networks, "cpu_has_native_bf16", lambda: True)
+    hparams = {"penalty_anneal_iters": 20, "lambda": 100.0}
+    fp32 = run_training(irm_config(tmp_path, algorithm="Fishr", hparams=hparams, output_dir=str(tmp_path / "fp32")))
+    config = irm_config(tmp_path, algorithm="Fishr", hparams={**hparams, "amp": "bf16"}, output_dir=str(tmp_path / "bf16"))
+    trainer = Trainer(config)
+    bf16 = list(trainer.records())
+    assert [r["step"] for r in bf16] == [r["step"] for r in fp32]
+    assert all(np.isfinite(r["loss"]) for r in bf16) and bf16[-1]["loss"] != fp32[-1]["loss"]
+    assert abs(bf16[-1]["val_acc"] - fp32[-1]["val_acc"]) < 0.05
+    assert trainer.algorithm.moving_average.state.dtype == torch.float32
+
+
+def test_bf16_is_refused_before_training_on_a_cpu_without_it(tmp_path, monkeypatch) -> None:
+    from fishr_tune import networks
+
+    monkeypatch.setattr(networks, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="hyperparameter amp: 'bf16' cannot run here: .*set amp to 'off'"):
+        Trainer(irm_config(tmp_path, hparams={"amp": "bf16"}))

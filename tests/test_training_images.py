@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fishr_tune import records
+from fishr_tune import networks, records
 from fishr_tune.data.images import write_synthetic_dataset
 from fishr_tune.errors import ConfigError
 from fishr_tune.training import Trainer, TrainConfig, make_config, run_training
@@ -78,8 +78,9 @@ def test_resume_continues_exactly_with_file_backed_data(data_dir: Path, tmp_path
             assert have[key] == want[key], key
 
 
-def test_amp_is_refused_on_the_cpu(data_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="hyperparameter amp: 'bf16' needs a CUDA device"):
+def test_amp_is_refused_on_a_cpu_without_bf16(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(networks, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="hyperparameter amp: 'bf16' cannot run here: this CPU .* has no native bfloat16"):
         Trainer(config(data_dir, tmp_path, hparams={**SMALL, "resnet_weights": "none", "amp": "bf16"}))
     with pytest.raises(ConfigError, match=r"hyperparameter 'amp' must be one of \['off', 'bf16'\]"):
         config(data_dir, tmp_path, hparams={**SMALL, "amp": "fp16"})
