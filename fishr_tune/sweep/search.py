@@ -168,7 +168,7 @@ class GroupScheduler(FIFOScheduler):
     """One ASHA per group (or none): a trial's results are only ever compared with its own group's trials."""
 
     def __init__(self, group_keys: Sequence[str], max_t: int, grace_period: int | None = None,
-                 reduction_factor: float = 3.0):
+                 reduction_factor: float = 4.0, brackets: int = 1, stop_last_trials: bool = True):
         super().__init__()
         self._metric = METRIC
         self.early_stopping = grace_period is not None
@@ -178,6 +178,7 @@ class GroupScheduler(FIFOScheduler):
                 self.schedulers[key] = ASHAScheduler(
                     time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=max_t,
                     grace_period=grace_period, reduction_factor=reduction_factor,
+                    brackets=brackets, stop_last_trials=stop_last_trials,
                 )
         self.trial_group: dict[str, str] = {}
         self.stopped_early: set[str] = set()
@@ -238,6 +239,8 @@ def make_search(spec: SweepSpec) -> tuple[GroupSearcher, GroupScheduler]:
     settings = spec.settings
     searcher = GroupSearcher(spec.groups, spec.spaces, settings.search.num_samples,
                              settings.search.algorithm, settings.search.seed)
-    grace = settings.scheduler.grace_period if settings.scheduler.type == "asha" else None
-    scheduler = GroupScheduler([g.key for g in spec.groups], settings.steps, grace, settings.scheduler.reduction_factor)
+    asha = settings.scheduler
+    grace = asha.grace_period if asha.type == "asha" else None
+    scheduler = GroupScheduler([g.key for g in spec.groups], settings.steps, grace, asha.reduction_factor,
+                               asha.brackets, asha.stop_last_trials)
     return searcher, scheduler

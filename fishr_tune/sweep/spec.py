@@ -88,11 +88,16 @@ class SearchSettings(BaseModel):
 
 
 class SchedulerSettings(BaseModel):
+    """Ray Tune's ASHA per group. With `brackets` > 1 it is asynchronous HyperBand: bracket s starts stopping at
+    grace_period * reduction_factor**s, and each trial joins one bracket at random (weighted by its rungs)."""
+
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["asha", "none"] = "asha"
     grace_period: StrictInt = Field(500, gt=0, description="optimizer steps before a trial may be stopped")
-    reduction_factor: float = Field(3.0, gt=1.0)
+    reduction_factor: float = Field(4.0, gt=1.0, description="1 in reduction_factor trials goes on at each rung")
+    brackets: StrictInt = Field(1, ge=1, description="ASHA brackets (asynchronous HyperBand when > 1)")
+    stop_last_trials: bool = Field(True, description="stop the trials that pass the last rung at `steps`")
 
 
 class Resources(BaseModel):
@@ -313,6 +318,14 @@ def build_spec(values: Any, source: str, flag_names: set[str] | None = None) -> 
     if settings.scheduler.type == "asha" and settings.scheduler.grace_period >= settings.steps:
         raise ConfigError(
             f"{source}: key 'scheduler.grace_period': must be below steps ({settings.steps}), got {settings.scheduler.grace_period}"
+        )
+    scheduler = settings.scheduler
+    last_start = scheduler.grace_period * scheduler.reduction_factor ** (scheduler.brackets - 1)
+    if scheduler.type == "asha" and last_start >= settings.steps:
+        raise ConfigError(
+            f"{source}: key 'scheduler.brackets': bracket {scheduler.brackets - 1} would first stop trials at step "
+            f"{last_start:g} (grace_period * reduction_factor**{scheduler.brackets - 1}), not below steps ({settings.steps}); "
+            "use fewer brackets or a smaller grace_period"
         )
     test_envs = resolve_test_envs(settings.test_envs, settings.dataset, source)
 

@@ -203,3 +203,28 @@ def test_no_early_stopping_continues_every_trial_to_the_end() -> None:
     scheduler = GroupScheduler([STRONG.key], max_t=1000, grace_period=None)
     for i, score in enumerate([0.9, 0.1, 0.05]):
         assert scheduler.on_trial_result(None, add(scheduler, f"t{i}", STRONG), result(score, 500)) == "CONTINUE"
+
+
+def test_asha_settings_reach_every_groups_scheduler() -> None:
+    """brackets > 1 is Ray's asynchronous HyperBand: bracket s starts at grace * rf**s; stop_last_trials passes through."""
+    scheduler = GroupScheduler([STRONG.key, WEAK.key], max_t=600, grace_period=25, reduction_factor=4, brackets=2,
+                               stop_last_trials=False)
+    for asha in scheduler.schedulers.values():
+        assert [[milestone for milestone, _ in b._rungs] for b in asha._brackets] == [[400, 100, 25], [400, 100]]
+        assert asha._stop_last_trials is False
+    trial = add(scheduler, "t", STRONG)
+    assert scheduler.on_trial_result(None, trial, result(0.9, 600)) == "CONTINUE"  # not stopped at max_t
+    stopping = GroupScheduler([STRONG.key], max_t=600, grace_period=25, reduction_factor=4)
+    assert stopping.on_trial_result(None, add(stopping, "u", STRONG), result(0.9, 600)) == "STOP"
+
+
+def test_sweep_yaml_scheduler_settings_build_the_schedulers() -> None:
+    from fishr_tune.sweep.search import make_search
+    from fishr_tune.sweep.spec import build_spec
+
+    spec = build_spec({"name": "s", "dataset": "ColoredMNIST-IRM", "algorithms": ["ERM"], "steps": 600,
+                       "scheduler": {"grace_period": 25, "brackets": 2}}, "s.yaml")
+    assert spec.settings.scheduler.reduction_factor == 4.0 and spec.settings.scheduler.stop_last_trials is True
+    _, scheduler = make_search(spec)
+    (asha,) = scheduler.schedulers.values()
+    assert len(asha._brackets) == 2 and asha._brackets[1]._rungs[-1][0] == 100
