@@ -63,6 +63,7 @@ def overhead(storage: Path, cpus: int, steps: int, trials: int) -> dict[str, Any
         "sum_trial_compute_s": round(summary.trial_compute_s, 1),
         "ideal_wall_s": round(ideal, 1),
         "overhead": round(summary.wall_time_s / ideal - 1.0, 3),
+        "wall_per_trial_s": round(summary.wall_time_s / summary.trials, 3),
     }
 
 

@@ -18,6 +18,7 @@ import fcntl
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -53,6 +54,7 @@ class MlflowJournal:
         self.experiment_name = experiment_name
         self._next_retry = 0.0
         self.last_error: str | None = None
+        self._append_lock = threading.Lock()  # the sweep's callback journals from Tune's loop and its closing thread
         settings = self.directory / "settings.json"
         if settings.exists():
             saved = json.loads(settings.read_text(encoding="utf-8"))
@@ -73,7 +75,7 @@ class MlflowJournal:
     # --- journaling (never touches the network) -------------------------------------------------------------
 
     def _append(self, operation: dict[str, Any]) -> None:
-        with open(self.directory / JOURNAL_FILE, "a", encoding="utf-8") as handle:
+        with self._append_lock, open(self.directory / JOURNAL_FILE, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(operation, sort_keys=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())

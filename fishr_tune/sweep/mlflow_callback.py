@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ class MlflowCallback(Callback):
         self.args_tagged: set[str] = set()
         self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
+        self._closer: ThreadPoolExecutor | None = None
+        self._closing: list[Future[None]] = []
         for op in journal.operations():  # a resumed driver: what is journaled already stays journaled once
             if op["op"] == "start":
                 self.started.add(op["key"])
@@ -102,6 +105,7 @@ class MlflowCallback(Callback):
             self._flusher.start()
 
     def stop_flusher(self) -> None:
+        self.wait_for_closing_runs()
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join()
@@ -156,11 +160,19 @@ class MlflowCallback(Callback):
                 self.args_tagged.add(key)
 
     def _finish(self, trial: Any, status: str, mlflow_status: str) -> None:
+        """Closes the trial's run off Tune's event loop: its plot costs ~0.3 s of matplotlib (2 s on a loaded CPU),
+        which on the loop would hold every finished trial's slot idle meanwhile (a fifth of a tiny-trial sweep)."""
         key = trial.trial_id
         if key not in self.started:
             self.on_trial_start(0, [], trial)
-        config = trial.config
+        config = dict(trial.config)
         points = sorted(self.points.get(key, []), key=lambda p: p["step"])
+        if self._closer is None:
+            self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-close-run")
+        self._closing.append(self._closer.submit(self._close_run, key, config, points, status, mlflow_status))
+
+    def _close_run(self, key: str, config: dict[str, Any], points: list[dict[str, Any]], status: str,
+                   mlflow_status: str) -> None:
         if points:
             plot = accuracy_curves(
                 points, list(config["test_envs"]), DATASET_ENVIRONMENTS.get(config["dataset"], ()),
@@ -169,6 +181,12 @@ class MlflowCallback(Callback):
             self.journal.log_artifact(key, plot)
         self.journal.set_tags(key, {"status": status})
         self.journal.end_run(key, mlflow_status)
+
+    def wait_for_closing_runs(self) -> None:
+        """Every trial run closed so far is journaled (plot, status, end) when this returns."""
+        closing, self._closing = self._closing, []
+        for future in closing:
+            future.result()
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}

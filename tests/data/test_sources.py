@@ -34,3 +34,23 @@ def test_missing_mnist_names_the_directory(tmp_path) -> None:
         load_mnist(str(tmp_path))
     with pytest.raises(ConfigError, match="not a directory"):
         load_mnist(str(tmp_path / "nope"))
+
+
+def test_embedded_digits_are_cached_parsed_and_a_bad_cache_is_parsed_again(tmp_path, monkeypatch) -> None:
+    from fishr_tune.data import sources
+
+    monkeypatch.setenv("FISHR_TUNE_CACHE", str(tmp_path))
+    sources._embedded_arrays.cache_clear()
+    parsed = sources._embedded_arrays()
+    path = sources.embedded_cache_file()
+    assert path.is_relative_to(tmp_path) and path.exists()
+    sources._embedded_arrays.cache_clear()
+    cached = sources._embedded_arrays()
+    assert torch.equal(cached[0], parsed[0]) and torch.equal(cached[1], parsed[1])
+    torch.save({"images": parsed[0][:10], "labels": parsed[1][:10]}, path)  # wrong shape: not trusted
+    assert sources._read_embedded_cache(path) is None
+    path.write_bytes(b"not a checkpoint")
+    sources._embedded_arrays.cache_clear()
+    again = sources._embedded_arrays()
+    assert torch.equal(again[0], parsed[0]) and sources._read_embedded_cache(path) is not None
+    sources._embedded_arrays.cache_clear()
