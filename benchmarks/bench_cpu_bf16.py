@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from report import emit
 
 from fishr_tune.networks import amp_unsupported_reason
 from fishr_tune.training import TrainConfig, Trainer
@@ -75,11 +76,7 @@ def main() -> int:
             case = compare(dataset, algorithm, steps)
             print(json.dumps(case), flush=True)
             report["cases"].append(case)
-    report["load_average_at_end"] = os.getloadavg()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    emit(report, args.json)
     return 0
 
 

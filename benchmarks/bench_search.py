@@ -27,6 +27,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from report import emit
+
 SPACES: dict[str, tuple[str, dict[str, list[Any]]]] = {
     # ERM's val_acc landscape on ColoredMNIST-IRM is flat (the colour shortcut gives ~0.87 to nearly everything).
     "erm": ("ERM", {
@@ -137,11 +139,7 @@ def main() -> int:
             "sampler_s": round(time.monotonic() - started, 1),
         }
         print(kind, json.dumps(report[kind]), flush=True)
-    report["load_average_at_end"] = os.getloadavg()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    emit(report, args.json)
     return 0
 
 

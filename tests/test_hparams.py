@@ -46,7 +46,7 @@ def test_every_hparam_has_a_distribution_whose_samples_fit_its_type() -> None:
 def test_overrides_are_checked() -> None:
     base = default_hparams("ERM", "ColoredMNIST")
     assert apply_overrides("ERM", "ColoredMNIST", base, {"lr": 1})["lr"] == 1.0
-    with pytest.raises(ConfigError, match="unknown hyperparameter 'lamda'.*valid: batch_size"):
+    with pytest.raises(ConfigError, match="unknown hyperparameter 'lamda'.*valid: amp, batch_size"):
         apply_overrides("ERM", "ColoredMNIST", base, {"lamda": 1})
     with pytest.raises(ConfigError, match="'batch_size' must be an integer"):
         apply_overrides("ERM", "ColoredMNIST", base, {"batch_size": 3.5})
