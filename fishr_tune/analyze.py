@@ -272,6 +272,9 @@ def selection_table(table: pd.DataFrame) -> pd.DataFrame:
         "algorithm": runs["args.algorithm"].astype(str).to_numpy(),
         "test_envs": [_test_envs_tuple(v) for v in runs["args.test_envs"]],
         "trial_seed": runs["args.trial_seed"].astype(int).to_numpy(),
+        # DomainBed breaks ties between runs by hparams_seed (selection.py); our sweeps' trials all have 0
+        "hparams_seed": (pd.to_numeric(runs["args.hparams_seed"], errors="coerce").fillna(0).astype(int).to_numpy()
+                         if "args.hparams_seed" in runs else np.zeros(len(runs), dtype=int)),
         "config": [_config_key(v) for v in runs[hparam_columns].to_dict("records")] if hparam_columns else "{}",
     })
     for column in per_run.columns:
@@ -328,7 +331,8 @@ def results_json(summaries: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
     for method, summary in summaries.items():
         node = out.setdefault(method, {})
         for row in summary.to_dict("records"):
-            cell = {"mean": float(row["mean"]), "se": float(row["se"]), "n": int(row["n"])}
+            se = None if pd.isna(row["se"]) else float(row["se"])  # no complete trial seed behind an average
+            cell = {"mean": float(row["mean"]), "se": se, "n": int(row["n"])}
             node.setdefault(str(row["dataset"]), {}).setdefault(str(row["algorithm"]), {})[str(row["test_env"])] = cell
     return out
 
