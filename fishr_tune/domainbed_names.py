@@ -32,6 +32,8 @@ UNUSED = {
 }
 FEATURIZER_NAMES = ("resnet18", "resnet50_augmix")
 NAMES = frozenset(SWITCHES) | frozenset(UNUSED) | frozenset(FEATURIZER_NAMES)
+# On the MNIST datasets (28x28 inputs) DomainBed's network has GroupNorm, not BatchNorm, and the data no augmentation.
+SMALL_UNUSED = ("data_augmentation", "freeze_bn")
 
 
 def _bool(name: str, value: Any, where: str) -> bool:
@@ -46,9 +48,11 @@ def to_our_names(
     """(values in fishr-tune's names, the DomainBed names left out with their values); ConfigError where it cannot."""
     from fishr_tune.hparams import DEFAULT_FEATURIZER
 
-    out = {name: value for name, value in values.items() if name not in NAMES}
+    small = dataset in DEFAULT_FEATURIZER
+    names = NAMES | frozenset(SMALL_UNUSED) if small else NAMES
+    out = {name: value for name, value in values.items() if name not in names}
     left_out: dict[str, Any] = {}
-    for name in sorted(NAMES & values.keys()):
+    for name in sorted(names & values.keys()):
         value = values[name]
         if name in SWITCHES:
             if _bool(name, value, where):
@@ -58,7 +62,12 @@ def to_our_names(
             if not from_records:
                 raise ConfigError(f"{where}: hyperparameter {name!r} (DomainBed's) is not supported: {UNUSED[name]}")
             left_out[name] = value
-        elif dataset in DEFAULT_FEATURIZER:  # resnet18 / resnet50_augmix on the MNIST datasets
+        elif name in SMALL_UNUSED:
+            if not from_records:
+                raise ConfigError(f"{where}: hyperparameter {name!r} does nothing on {dataset}: its network has no "
+                                  "BatchNorm and its data no augmentation, in DomainBed as here")
+            left_out[name] = value
+        elif small:  # resnet18 / resnet50_augmix on the MNIST datasets
             if _bool(name, value, where) and not from_records:
                 raise ConfigError(
                     f"{where}: hyperparameter {name!r} (DomainBed's) does nothing on {dataset}: DomainBed uses its "
@@ -67,7 +76,7 @@ def to_our_names(
             left_out[name] = value
         else:
             _bool(name, value, where)
-    if dataset not in DEFAULT_FEATURIZER:
+    if not small:
         out.update(_featurizer_choice(values, out, left_out, where))
     return out, left_out
 
