@@ -188,17 +188,30 @@ def write_domainbed_run(root: Path, dataset: str, hparams: dict, steps: int = 2)
     (root / "r" / "results.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def test_best_config_from_domainbed_records_is_in_our_names_and_reruns(tmp_path: Path) -> None:
+def domainbed_best_config(tmp_path: Path) -> tuple[Path, str]:
     write_domainbed_run(tmp_path / "sweep", "ColoredMNIST", DOMAINBED_RECORD_HPARAMS)
     target = tmp_path / "best.yaml"
     result = CliRunner().invoke(main, ["analyze", "--records", str(tmp_path / "sweep"), "--best-config", str(target)])
     assert result.exit_code == 0, result.output
+    return target, result.output
+
+
+def test_best_config_from_domainbed_records_is_in_our_names(tmp_path: Path) -> None:
+    target, output = domainbed_best_config(tmp_path)
     text = target.read_text()
     values = yaml.safe_load(text)
     assert set(values["hparams"]) == {"batch_size", "class_balanced", "lr", "nonlinear_classifier", "resnet_dropout",
                                       "weight_decay"}
     assert "left out" in text and "vit_dropout=0.5" in text and "resnet50_augmix=true" in text
-    assert "# rerun: fishr-tune train --config" in text and "Warning" not in result.output
+    assert "# rerun: fishr-tune train --config" in text and "Warning" not in output
+    config = make_config(values, str(target))  # every check `train --config` makes before reading data
+    assert config.resolved_hparams()["lr"] == 0.002 and config.seed == 4 and config.steps == 2
+
+
+@pytest.mark.slow
+def test_best_config_from_domainbed_records_reruns_with_train_config(tmp_path: Path) -> None:
+    target, _ = domainbed_best_config(tmp_path)
+    values = yaml.safe_load(target.read_text())
     assert values["data_dir"] == "/data"  # the DomainBed machine's; here the embedded digits stand in for it
     rerun_file = tmp_path / "rerun.yaml"
     rerun_file.write_text(yaml.safe_dump({k: v for k, v in values.items() if k != "data_dir"}))
