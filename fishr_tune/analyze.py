@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fishr_tune import records
+from fishr_tune.domainbed_names import to_our_names
 from fishr_tune.errors import ConfigError
 from fishr_tune.selection import GROUP, SELECTION_METHODS, select, summarize, training_domain_scores
 
@@ -272,6 +273,9 @@ def selection_table(table: pd.DataFrame) -> pd.DataFrame:
         "algorithm": runs["args.algorithm"].astype(str).to_numpy(),
         "test_envs": [_test_envs_tuple(v) for v in runs["args.test_envs"]],
         "trial_seed": runs["args.trial_seed"].astype(int).to_numpy(),
+        # DomainBed breaks ties between runs by hparams_seed (selection.py); our sweeps' trials all have 0
+        "hparams_seed": (pd.to_numeric(runs["args.hparams_seed"], errors="coerce").fillna(0).astype(int).to_numpy()
+                         if "args.hparams_seed" in runs else np.zeros(len(runs), dtype=int)),
         "config": [_config_key(v) for v in runs[hparam_columns].to_dict("records")] if hparam_columns else "{}",
     })
     for column in per_run.columns:
@@ -328,7 +332,8 @@ def results_json(summaries: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
     for method, summary in summaries.items():
         node = out.setdefault(method, {})
         for row in summary.to_dict("records"):
-            cell = {"mean": float(row["mean"]), "se": float(row["se"]), "n": int(row["n"])}
+            se = None if pd.isna(row["se"]) else float(row["se"])  # no complete trial seed behind an average
+            cell = {"mean": float(row["mean"]), "se": se, "n": int(row["n"])}
             node.setdefault(str(row["dataset"]), {}).setdefault(str(row["algorithm"]), {})[str(row["test_env"])] = cell
     return out
 
@@ -362,6 +367,7 @@ class BestConfig:
     method: str
     config: dict[str, Any]  # a TrainConfig's fields
     unknown: tuple[str, ...] = ()  # REPRODUCING_ARGS the run's records lack: the rerun uses defaults instead
+    left_out: Mapping[str, Any] = field(default_factory=dict)  # DomainBed names with nothing to say here (domainbed_names)
 
     def file_name(self, with_dataset: bool = False) -> str:
         dataset = f"{self.dataset}_" if with_dataset else ""
@@ -387,6 +393,9 @@ class BestConfig:
             f"# selected run {self.run} at step {self.step}: validation {100 * self.val_acc:.2f}%, "
             f"test {100 * self.test_acc:.2f}%\n"
         )
+        if self.left_out:
+            names = ", ".join(f"{name}={json.dumps(value)}" for name, value in self.left_out.items())
+            header += f"# DomainBed hyperparameters left out (fishr-tune does this anyway, or the run never read them): {names}\n"
         return header + rerun + yaml.safe_dump(self.config, sort_keys=False)
 
 
@@ -402,6 +411,11 @@ def best_configs(prepared: pd.DataFrame, selected: pd.DataFrame, method: str) ->
     for row in selected.to_dict("records"):
         run = first.loc[row[RUN]]
         hparams = {c[len("hparams."):]: _plain(run[c]) for c in hparam_columns if not _missing(_plain(run[c]))}
+        left_out: dict[str, Any] = {}
+        try:  # a DomainBed run's names become ours; where they cannot, check_best_config says why
+            hparams, left_out = to_our_names(hparams, str(row["dataset"]), f"run {row[RUN]}", from_records=True)
+        except ConfigError:
+            pass
         config: dict[str, Any] = {
             "dataset": str(row["dataset"]), "algorithm": str(row["algorithm"]), "test_envs": list(run["test_envs"]),
             "hparams": hparams, "hparams_seed": 0, "trial_seed": int(row["trial_seed"]),
@@ -416,7 +430,7 @@ def best_configs(prepared: pd.DataFrame, selected: pd.DataFrame, method: str) ->
             dataset=str(row["dataset"]), algorithm=str(row["algorithm"]), test_env=int(row["test_env"]),
             trial_seed=int(row["trial_seed"]), run=str(row[RUN]), step=int(row["step"]), val_acc=float(row["val_acc"]),
             test_acc=float(row["test_acc"]), method=method, config=config,
-            unknown=tuple(name for name in REPRODUCING_ARGS if name not in config),
+            unknown=tuple(name for name in REPRODUCING_ARGS if name not in config), left_out=left_out,
         ))
     return found
 

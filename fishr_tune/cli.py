@@ -312,8 +312,10 @@ the test accuracy of the selected checkpoint, mean ± standard error over trial 
                    so a stopped run removes its configuration's later steps. Needs a 'pairs' sweep
                    with `search: random` (the same configurations in every group, as
                    DomainBed's random sweeps); TPE adapts per group and gives it no candidates.
-  oracle           the test env's out split, last checkpoint only, complete runs only: runs
-                   stopped early are left out.
+  oracle           the test env's out split at each run's last checkpoint, as DomainBed's
+                   collect_results: truncated runs and runs stopped early count where they stopped.
+Ties, as DomainBed: the earliest checkpoint of a run; between runs the higher hparams_seed, then the
+run name that sorts last.
 
 --best-config FILE writes the selected run as a `fishr-tune train --config` file (one selected group), or
 one best_<algorithm>_te<k>_ts<s>.yaml per group next to FILE instead of FILE (the names are printed);

@@ -117,6 +117,7 @@ def image_hparams() -> dict[str, HParam]:
             "ImageNet weights: auto (torch hub cache, else random init with a warning), imagenet (cache, required), "
             "none (random init), or a path to a torchvision state_dict file",
         ),
+        "freeze_bn": HParam(True, fixed(), "BatchNorm in eval mode while training (Fishr's DomainBed; DomainBed now: false)"),
     }
 
 
@@ -129,6 +130,7 @@ def _shared_hparams(dataset: str) -> dict[str, HParam]:
             "off", fixed(), "mixed precision of the featurizer: off or bf16 (CUDA, or a CPU with native bfloat16)",
             valid=AMP_MODES,
         ),
+        "class_balanced": HParam(False, fixed(), "DomainBed's class-balanced minibatches (weighted sampling per domain)"),
         "resnet_dropout": HParam(0.0, choice(0.0, 0.1, 0.5), "dropout after the ResNet featurizer"),
         "lr": HParam(1e-3, loguniform(-4.5, -2.5)) if small else HParam(5e-5, loguniform(-5, -3.5)),
         "weight_decay": HParam(0.0, fixed()) if small else HParam(0.0, loguniform(-6, -2)),
@@ -204,8 +206,13 @@ def _coerce(name: str, value: Any, spec: HParam, where: str) -> Any:
 def apply_overrides(
     algorithm: str, dataset: str, base: Mapping[str, Any], overrides: Mapping[str, Any], where: str = "--hparams"
 ) -> dict[str, Any]:
-    """Overlay user-given values, rejecting unknown names and wrong types with a message that lists the valid ones."""
+    """Overlay user-given values, rejecting unknown names and wrong types with a message that lists the valid ones.
+
+    DomainBed's names become ours first, or are refused with the reason (fishr_tune.domainbed_names)."""
+    from fishr_tune.domainbed_names import to_our_names
+
     space = hparam_space(algorithm, dataset)
+    overrides, _ = to_our_names(overrides, dataset, where)
     result = dict(base)
     for name, value in overrides.items():
         if name not in space:

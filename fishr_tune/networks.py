@@ -67,6 +67,20 @@ def cached_weights_file(arch: str) -> Path | None:
     return path if path.exists() else None
 
 
+def augmix_weights_file() -> Path | None:
+    """timm's resnet50.ram_in1k (DomainBed's `resnet50_augmix`) in the local Hugging Face cache, if it is there.
+
+    Its state_dict has torchvision's ResNet-50 names, so the ResNet below loads it as it is.
+    """
+    import os
+
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub"
+    )
+    found = sorted((Path(hub) / "models--timm--resnet50.ram_in1k" / "snapshots").glob("*/pytorch_model.bin"))
+    return found[-1] if found else None
+
+
 WEIGHTS_KEYWORDS = ("auto", "imagenet", "none")
 AUTOCAST_DTYPES = {"off": None, "bf16": torch.bfloat16}
 
@@ -155,14 +169,16 @@ def resolve_resnet_weights(arch: str, weights: str | None) -> Path | None:
 
 
 class ResNet(nn.Module):
-    """A torchvision ResNet without its fc layer; BatchNorm stays frozen in train mode (as DomainBed and Fishr).
+    """A torchvision ResNet without its fc layer. With `freeze_bn` (the default) BatchNorm stays in eval mode while
+    training, as in the DomainBed version that the Fishr paper ran; DomainBed's current default is `freeze_bn: false`.
 
     With `amp` ("bf16") the body runs under autocast (CUDA, or a CPU with bfloat16) and hands float32 features on:
     the head, the losses and every penalty (Fishr's gradient variances included) stay in float32.
     """
 
     def __init__(
-        self, input_shape: tuple[int, ...], arch: str, dropout: float = 0.0, weights_file: str | None = None, amp: str = "off"
+        self, input_shape: tuple[int, ...], arch: str, dropout: float = 0.0, weights_file: str | None = None, amp: str = "off",
+        freeze_bn: bool = True,
     ):
         super().__init__()
         import torchvision.models as models
@@ -188,7 +204,8 @@ class ResNet(nn.Module):
         network.fc = nn.Identity()
         self.network = network
         self.dropout = nn.Dropout(dropout)
-        self.freeze_bn()
+        self.frozen_bn = freeze_bn
+        self.train()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.autocast_dtype is not None:
@@ -199,7 +216,8 @@ class ResNet(nn.Module):
 
     def train(self, mode: bool = True) -> "ResNet":
         super().train(mode)
-        self.freeze_bn()
+        if self.frozen_bn:
+            self.freeze_bn()
         return self
 
     def freeze_bn(self) -> None:
@@ -227,7 +245,8 @@ def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any]) -> nn.M
         return body if dtype is None else Autocast(body, dtype)
     if kind in ("resnet18", "resnet50"):
         return ResNet(
-            input_shape, kind, hparams.get("resnet_dropout", 0.0), hparams.get("resnet_weights"), hparams.get("amp", "off")
+            input_shape, kind, hparams.get("resnet_dropout", 0.0), hparams.get("resnet_weights"), hparams.get("amp", "off"),
+            hparams.get("freeze_bn", True),
         )
     raise ConfigError(f"unknown featurizer {kind!r}; valid: mlp, mnist_cnn, resnet18, resnet50")
 

@@ -34,7 +34,8 @@ def result_grid(summary: pd.DataFrame, dataset: str) -> tuple[list[str], list[li
     header = ["Algorithm", *(env_label(dataset, e) for e in columns)]
     rows = []
     for algorithm, algo_part in part.groupby("algorithm", sort=True):
-        cells = {row["test_env"]: f"{row['mean']:.1f} ± {row['se']:.1f}" for row in algo_part.to_dict("records")}
+        cells = {row["test_env"]: f"{row['mean']:.1f}" + ("" if pd.isna(row["se"]) else f" ± {row['se']:.1f}")
+                 for row in algo_part.to_dict("records")}
         rows.append([str(algorithm), *(cells.get(e, "X") for e in columns)])
     return header, rows
 

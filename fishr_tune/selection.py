@@ -9,16 +9,24 @@ A *group* is (dataset, algorithm, test_env, trial_seed): selection happens withi
 then averaged over trial seeds. Each method returns one row per group: the selected run, step, its
 validation accuracy and the test environment's `in` accuracy at that checkpoint.
 
-Runs stopped early (ASHA) count as follows, and the tests pin it down:
-- training_domain: every checkpoint a run reached is a candidate; a stopped run competes with its best one.
-- oracle: only runs that reached their final step (step == steps - 1), as DomainBed's oracle only ever
-  sees complete runs; its last checkpoint is what counts (no early stopping on the test domain).
+The rules are DomainBed's `collect_results` (domainbed/model_selection.py), for DomainBed sweeps and ours alike:
+- training_domain: per run, the checkpoint with the best mean `out` accuracy of the training envs (the earliest
+  among equal ones, as `Q.argmax` keeps the first record); every checkpoint a run reached is a candidate, so a run
+  that ASHA stopped competes with its best checkpoint.
+- oracle: per run, its last record, whatever its step: DomainBed reads every results.jsonl and never checks
+  `done`, so a truncated run (or one that ASHA stopped) competes with the checkpoint where it stopped.
 - leave_one_out: a (configuration, step) is a candidate only if the run with test envs {t} and every run
-  with test envs {t, v} of that configuration reached that step; missing steps or a missing validation
-  domain make the candidate ineligible (as DomainBed's `_step_acc` returns None).
+  with test envs {t, v} of that configuration reached that step (DomainBed's `_step_acc` returns None otherwise);
+  per configuration the earliest of its best steps.
+- Across runs (configurations): the best validation accuracy; among equal ones the run that sorts *last* by
+  (`hparams_seed`, `run`), since DomainBed sorts its runs by hparams_seed, sorts them by accuracy (a stable
+  sort) and takes the first of the reversed list. On DomainBed sweeps the hparams_seed decides; on ours (every
+  trial has hparams_seed 0) the run name does. NaN accuracies lose, as DomainBed's sort maps them to -inf.
 
-Ties: within a run the earliest checkpoint wins; across runs (or configurations) the one that sorts first
-by name wins, so a selection never depends on the order in which records were read.
+A DomainBed run is its (group, hparams_seed); here it is a results.jsonl's directory (a Ray trial, an MLflow
+run). The two agree on DomainBed sweeps, where each (group, hparams_seed) has one run directory. A configuration
+(leave_one_out) is the pair (hparams_seed, hyperparameters), which is DomainBed's hparams_seed on its sweeps and
+the hyperparameters on ours.
 """
 
 from __future__ import annotations
@@ -73,11 +81,22 @@ def _dataset_env_counts(table: pd.DataFrame) -> pd.Series:
     return present.sum(axis=1)
 
 
-def _pick(frame: pd.DataFrame, by: list[str], score: str, tiebreak: list[str]) -> pd.DataFrame:
-    """Per `by` group, the row with the highest `score`; ties go to the row that sorts first by `tiebreak`."""
-    ordered = frame.sort_values([*by, score, *tiebreak], ascending=[True] * len(by) + [False] + [True] * len(tiebreak),
-                                kind="mergesort")
+def _pick(frame: pd.DataFrame, by: list[str], score: str, tiebreak: list[tuple[str, bool]]) -> pd.DataFrame:
+    """Per `by` group, the row with the highest `score`; ties go to the first row by `tiebreak` ((column, ascending))."""
+    columns = [*by, score, *(name for name, _ in tiebreak)]
+    ascending = [True] * len(by) + [False] + [up for _, up in tiebreak]
+    ordered = frame.sort_values(columns, ascending=ascending, kind="mergesort", na_position="last")
     return ordered.drop_duplicates(by, keep="first")
+
+
+def _with_hparams_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """`hparams_seed` as an integer column (0 where a source has none, as every trial of our sweeps)."""
+    seeds = pd.to_numeric(frame["hparams_seed"], errors="coerce") if "hparams_seed" in frame else pd.Series(0, index=frame.index)
+    return frame.assign(hparams_seed=seeds.fillna(0).astype(int))
+
+
+# Among equal validation accuracies the run DomainBed's sort-then-reverse keeps: the last by (hparams_seed, run).
+_LAST_RUN = [("hparams_seed", False), ("run", False)]
 
 
 def _empty() -> pd.DataFrame:
@@ -108,14 +127,18 @@ def training_domain(table: pd.DataFrame) -> pd.DataFrame:
     single = training_domain_scores(table)
     if single.empty:
         return _empty()
-    best_per_run = _pick(single, [*GROUP, "run"], "val_acc", ["step"])
-    return _pick(best_per_run, GROUP, "val_acc", ["run"])[RESULT_COLUMNS].reset_index(drop=True)
+    best_per_run = _pick(_with_hparams_seed(single), [*GROUP, "run"], "val_acc", [("step", True)])
+    return _pick(best_per_run, GROUP, "val_acc", _LAST_RUN)[RESULT_COLUMNS].reset_index(drop=True)
 
 
 def oracle(table: pd.DataFrame) -> pd.DataFrame:
-    """Test-domain validation: the last checkpoint of each complete run, chosen by the test env's out split."""
+    """Test-domain validation: each run's last checkpoint (truncated or stopped runs too), chosen by the test env's
+    out split."""
     single = _single_test_env_rows(table)
-    single = single[single["step"] == single["steps"] - 1]
+    if single.empty:
+        return _empty()
+    single = single[single["step"] == single.groupby("run")["step"].transform("max")]
+    single = single.drop_duplicates(["run", "step"], keep="last")  # DomainBed: the last record of the highest step
     if single.empty:
         return _empty()
     n_envs = env_count(single)
@@ -123,7 +146,7 @@ def oracle(table: pd.DataFrame) -> pd.DataFrame:
     test_env = single["test_env"].to_numpy()
     single["val_acc"] = _accuracy_matrix(single, "out", n_envs)[rows, test_env]
     single["test_acc"] = _accuracy_matrix(single, "in", n_envs)[rows, test_env]
-    return _pick(single, GROUP, "val_acc", ["run"])[RESULT_COLUMNS].reset_index(drop=True)
+    return _pick(_with_hparams_seed(single), GROUP, "val_acc", _LAST_RUN)[RESULT_COLUMNS].reset_index(drop=True)
 
 
 def leave_one_out(table: pd.DataFrame) -> pd.DataFrame:
@@ -131,13 +154,14 @@ def leave_one_out(table: pd.DataFrame) -> pd.DataFrame:
     n_envs = env_count(table)
     if n_envs < 3 or table.empty:
         return _empty()
+    table = _with_hparams_seed(table)
     lengths, first, second = _test_env_positions(table)
     single = _single_test_env_rows(table)
     is_pair = lengths == 2
     pairs = table[is_pair]
     if single.empty or pairs.empty:
         return _empty()
-    keys = ["dataset", "algorithm", "trial_seed", "config", "step"]
+    keys = ["dataset", "algorithm", "trial_seed", "hparams_seed", "config", "step"]
     # One row per (pair run record, its held-out test env t): the accuracy on the other env v is validation for t.
     in_matrix = _accuracy_matrix(pairs, "in", n_envs)
     pair_first, pair_second = first[is_pair], second[is_pair]
@@ -161,7 +185,9 @@ def leave_one_out(table: pd.DataFrame) -> pd.DataFrame:
     candidates = single[[*keys, "test_env", "run", "test_acc"]].merge(per_step, on=[*keys, "test_env"], how="inner")
     if candidates.empty:
         return _empty()
-    return _pick(candidates, GROUP, "val_acc", ["config", "step", "run"])[RESULT_COLUMNS].reset_index(drop=True)
+    # per configuration its earliest best step; across configurations the last by (hparams_seed, config), as DomainBed
+    tiebreak = [("hparams_seed", False), ("config", False), ("step", True), ("run", False)]
+    return _pick(candidates, GROUP, "val_acc", tiebreak)[RESULT_COLUMNS].reset_index(drop=True)
 
 
 METHODS: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
@@ -180,8 +206,10 @@ def select(table: pd.DataFrame, method: str) -> pd.DataFrame:
 def summarize(selected: pd.DataFrame) -> pd.DataFrame:
     """Mean ± standard error over trial seeds, in percent, per (dataset, algorithm, test_env), plus `avg`.
 
-    As DomainBed: the standard error is std (ddof 0) / sqrt(n); the average over test environments is taken
-    per trial seed (only seeds that have every test environment of the dataset) and then summarized the same way.
+    As DomainBed's `collect_results`: the standard error is std (ddof 0) / sqrt(n); `avg` is the mean of the
+    test environments' means (missing, "X", when the algorithm lacks one of the dataset's test environments here).
+    DomainBed prints no error for it; ours is that of the per-trial-seed averages over the seeds that have every
+    test environment (`n` counts them; NaN when none has).
     """
     rows = []
     if selected.empty:
@@ -190,9 +218,14 @@ def summarize(selected: pd.DataFrame) -> pd.DataFrame:
         rows.append(_mean_se(dataset, algorithm, str(int(test_env)), part["test_acc"].to_numpy(dtype=float)))
     for (dataset, algorithm), part in selected.groupby(["dataset", "algorithm"], sort=True):
         envs = set(selected.loc[selected["dataset"] == dataset, "test_env"])
+        if set(part["test_env"]) != envs:
+            continue
         per_seed = part.groupby("trial_seed").filter(lambda seed: set(seed["test_env"]) == envs)
-        if not per_seed.empty:
-            rows.append(_mean_se(dataset, algorithm, "avg", per_seed.groupby("trial_seed")["test_acc"].mean().to_numpy()))
+        seed_means = per_seed.groupby("trial_seed")["test_acc"].mean().to_numpy()
+        row = _mean_se(dataset, algorithm, "avg", seed_means) if len(seed_means) else {
+            "dataset": dataset, "algorithm": algorithm, "test_env": "avg", "se": float("nan"), "n": 0}
+        row["mean"] = 100 * float(part.groupby("test_env")["test_acc"].mean().mean())
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -21,6 +21,7 @@ from fishr_tune import records
 from fishr_tune.algorithms import Algorithm, get_algorithm_class
 from fishr_tune.data import DATASET_ENVIRONMENTS, MultiDomainDataset, check_test_envs, get_dataset, holdout_split
 from fishr_tune.data.loaders import FileBackedSplits
+from fishr_tune.data.sampling import class_balanced_weights, draw_indices
 from fishr_tune.errors import ConfigError
 from fishr_tune.hparams import apply_overrides, hparams_for_trial
 from fishr_tune.networks import amp_unsupported_reason
@@ -235,6 +236,9 @@ class Trainer:
         for i in self.train_envs:
             if self.split_size(i, "in") == 0:
                 raise ConfigError(f"environment {i} of {config.dataset} has no training examples")
+        # DomainBed's class_balanced: per training domain, weights that draw every class equally often
+        self.class_weights = {i: class_balanced_weights(self.splits[i]["in"][1]) for i in self.train_envs} if (
+            self.hparams.get("class_balanced") and self.file_splits is None) else {}
         seed_everything(config.seed)
         algorithm_class = get_algorithm_class(config.algorithm)
         self.algorithm = algorithm_class(input_shape, dataset.num_classes, len(self.train_envs), self.hparams)
@@ -277,7 +281,7 @@ class Trainer:
         batch = []
         for i in self.train_envs:
             x, y = self.splits[i]["in"]
-            idx = torch.randint(len(y), (self.hparams["batch_size"],), generator=self.sampler).to(self.device)
+            idx = draw_indices(len(y), self.hparams["batch_size"], self.sampler, self.class_weights.get(i)).to(self.device)
             batch.append((x[idx], y[idx]))
         return batch
 

@@ -48,27 +48,32 @@ def test_training_domain_never_looks_at_the_test_environment() -> None:
     assert only(training_domain(table(rows)))["run"] == "a"
 
 
-def test_ties_go_to_the_earliest_checkpoint_and_the_first_run_by_name() -> None:
+def test_ties_go_to_the_earliest_checkpoint_and_the_run_domainbeds_reversed_sort_keeps() -> None:
+    """Within a run the first (earliest) of equal checkpoints; across runs the last by (hparams_seed, run)."""
     rows = [
         rec("z", (2,), 0, [0.7, 0.7, 0], [0, 0, 0.4], config="c1"),
         rec("b", (2,), 1, [0.7, 0.7, 0], [0, 0, 0.3]),
         rec("b", (2,), 0, [0.7, 0.7, 0], [0, 0, 0.2]),
     ]
     chosen = only(training_domain(table(rows)))
-    assert (chosen["run"], chosen["step"], chosen["test_acc"]) == ("b", 0, 0.2)
+    assert (chosen["run"], chosen["step"], chosen["test_acc"]) == ("z", 0, 0.4)  # no hparams_seed: the name decides
     # the answer does not depend on the order of the records
-    assert only(training_domain(table(rows[::-1])))["test_acc"] == 0.2
+    assert only(training_domain(table(rows[::-1])))["test_acc"] == 0.4
+    # DomainBed's runs: the higher hparams_seed wins a tie, whatever the names
+    seeded = [{**row, "hparams_seed": 5 if row["run"] == "b" else 3} for row in rows]
+    chosen = only(training_domain(table(seeded)))
+    assert (chosen["run"], chosen["step"], chosen["test_acc"]) == ("b", 0, 0.2)
 
 
-def test_runs_stopped_early_compete_in_training_domain_but_not_in_oracle() -> None:
+def test_runs_stopped_early_compete_in_training_domain_and_in_oracle_at_their_last_checkpoint() -> None:
     rows = [
         rec("stopped", (2,), 0, [0.9, 0.9, 0.9], [0, 0, 0.6]),  # ASHA stopped it after step 0 of 3
         rec("full", (2,), 0, [0.5, 0.5, 0.5], [0, 0, 0.1], config="c1"),
         rec("full", (2,), 2, [0.6, 0.6, 0.7], [0, 0, 0.3], config="c1"),
     ]
     assert only(training_domain(table(rows)))["run"] == "stopped"
-    chosen = only(oracle(table(rows)))
-    assert (chosen["run"], chosen["step"], chosen["test_acc"]) == ("full", 2, 0.3)
+    chosen = only(oracle(table(rows)))  # DomainBed's oracle takes every run's last record, truncated runs too
+    assert (chosen["run"], chosen["step"], chosen["test_acc"]) == ("stopped", 0, 0.6)
 
 
 def test_oracle_uses_the_last_checkpoint_not_the_best() -> None:
@@ -154,16 +159,30 @@ def test_training_domain_with_a_missing_out_split_uses_the_training_envs_it_has(
     assert chosen["run"] == "a" and chosen["val_acc"] == pytest.approx(0.9)
 
 
-def test_oracle_ignores_runs_stopped_early_and_ties_go_to_the_first_run() -> None:
+def test_oracle_takes_a_truncated_runs_last_record_and_ties_go_to_the_higher_hparams_seed() -> None:
     rows = [rec("b", (2,), 2, [0, 0, 0.6], [0, 0, 0.5]), rec("a", (2,), 2, [0, 0, 0.6], [0, 0, 0.4], config="c1"),
-            rec("c", (2,), 1, [0, 0, 0.99], [0, 0, 0.99], config="c2")]
+            rec("c", (2,), 1, [0, 0, 0.55], [0, 0, 0.99], config="c2")]
     chosen = only(oracle(table(rows)))
-    assert (chosen["run"], chosen["test_acc"]) == ("a", 0.4)
+    assert (chosen["run"], chosen["test_acc"]) == ("b", 0.5)  # tie a/b at 0.6, no hparams_seed: the last name
+    seeded = [{**row, "hparams_seed": {"a": 9, "b": 1, "c": 4}[row["run"]]} for row in rows]
+    assert only(oracle(table(seeded)))["run"] == "a"
+    # the truncated run c (stopped at step 1) wins once its last record is the best
+    rows[2] = rec("c", (2,), 1, [0, 0, 0.7], [0, 0, 0.99], config="c2")
+    assert (only(oracle(table(rows)))["run"], only(oracle(table(rows)))["step"]) == ("c", 1)
 
 
-def test_summary_average_needs_every_test_env_of_the_seed() -> None:
+def test_summary_average_is_the_mean_of_the_test_env_means() -> None:
     rows = [rec("r0", (0,), 2, [0.5] * 3, [0.6, 0, 0]), rec("r1", (1,), 2, [0.5] * 3, [0, 0.8, 0]),
             rec("s0", (0,), 2, [0.5] * 3, [0.4, 0, 0], trial_seed=1)]
     summary = summarize(training_domain(table(rows))).set_index("test_env")
-    assert summary.loc["avg", "n"] == 1 and summary.loc["avg", "mean"] == pytest.approx(70.0)
+    # DomainBed's Avg: the mean of the column means, (60 + 40) / 2 = 50 and 80, so 65; the error from seed 0 alone
+    assert summary.loc["avg", "mean"] == pytest.approx(65.0)
+    assert summary.loc["avg", "n"] == 1 and summary.loc["avg", "se"] == pytest.approx(0.0)
     assert summary.loc["0", "n"] == 2
+
+
+def test_summary_average_is_missing_when_the_algorithm_lacks_a_test_env() -> None:
+    rows = [rec("r0", (0,), 2, [0.5] * 3, [0.6, 0, 0]), rec("r1", (1,), 2, [0.5] * 3, [0, 0.8, 0]),
+            rec("i0", (0,), 2, [0.5] * 3, [0.7, 0, 0], algorithm="IRM")]
+    summary = summarize(training_domain(table(rows)))
+    assert set(summary.loc[summary["algorithm"] == "IRM", "test_env"]) == {"0"}

@@ -1,10 +1,14 @@
 """Fish (Shi et al. 2021, "Gradient Matching for Domain Generalization"), the first-order version DomainBed runs.
 
-Each update copies the weights, takes one Adam step per training domain on the copy (domains in random order,
-the copy's Adam state carried over from update to update as in DomainBed), then moves the weights toward the
+Each update copies the weights, takes one Adam step per training domain on the copy (the copy's Adam state
+carried over from update to update as in DomainBed), then moves the weights toward the
 copy's by `meta_lr`: theta += meta_lr * (theta_inner - theta). To first order this ascends the inner product
 of the domains' gradients, which is what Fish is after. `loss` is the mean of the inner steps' losses
 (DomainBed reports the last one).
+
+Domain order: DomainBed's inner loop visits the minibatches in their given (domain) order, and so does this one
+by default. `fish_permute_domains: true` draws a new order every update from torch's global generator (seeded and
+checkpointed by training), as the Fish paper's Algorithm 1 samples the domains.
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ from fishr_tune.networks import Classifier, Featurizer
 
 @register_algorithm("Fish")
 class Fish(Algorithm):
-    HPARAMS = {"meta_lr": HParam(0.5, choice(0.05, 0.1, 0.5), "fraction of the way toward the inner-loop weights")}
+    HPARAMS = {
+        "meta_lr": HParam(0.5, choice(0.05, 0.1, 0.5), "fraction of the way toward the inner-loop weights"),
+        "fish_permute_domains": HParam(
+            False, doc="inner steps in a random domain order each update (the Fish paper), not in order (DomainBed)"
+        ),
+    }
     UPDATE_KEYS = ("loss", "nll")
 
     def __init__(
@@ -42,8 +51,10 @@ class Fish(Algorithm):
         meta_state = self.network.state_dict()
         self.inner_network.load_state_dict(meta_state)
         inner_losses = []
-        # torch's global generator picks the order (training seeds and checkpoints it)
-        for index in torch.randperm(len(minibatches)).tolist():
+        order = range(len(minibatches))
+        if self.hparams.get("fish_permute_domains", False):
+            order = torch.randperm(len(minibatches)).tolist()  # torch's global generator: seeded, checkpointed
+        for index in order:
             x, y = minibatches[index]
             loss = F.cross_entropy(self.inner_network(x), y)
             self.inner_optimizer.zero_grad()

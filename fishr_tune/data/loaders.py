@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fishr_tune.data.base import FileEnvironment
 from fishr_tune.data.images import evaluation_transform, normalize, training_transform
+from fishr_tune.data.sampling import class_balanced_weights, draw_indices
 from fishr_tune.hparams import seed_hash
 
 EVAL_BATCH_SIZE = 128
@@ -75,8 +76,10 @@ class DomainBatchSampler:
     """Infinite: one with-replacement sampler per training domain (as DomainBed's InfiniteDataLoader), their
     batches concatenated in domain order. Batch k of domain d depends only on (seed, d, k)."""
 
-    def __init__(self, domain_sizes: Sequence[int], batch_size: int, seed: int, augment: bool):
+    def __init__(self, domain_sizes: Sequence[int], batch_size: int, seed: int, augment: bool,
+                 weights: Sequence[torch.Tensor] | None = None):
         self.domain_sizes = list(domain_sizes)
+        self.weights = list(weights) if weights is not None else None  # DomainBed's class_balanced, per domain
         self.offsets = np.cumsum([0, *self.domain_sizes[:-1]]).tolist()
         self.batch_size = batch_size
         self.seed = seed
@@ -87,7 +90,8 @@ class DomainBatchSampler:
         keys: list[SampleKey] = []
         for domain, (offset, size) in enumerate(zip(self.offsets, self.domain_sizes)):
             generator = torch.Generator().manual_seed(seed_hash(self.seed, domain, k))
-            indices = torch.randint(size, (self.batch_size,), generator=generator).tolist()
+            weights = self.weights[domain] if self.weights is not None else None
+            indices = draw_indices(size, self.batch_size, generator, weights).tolist()
             if self.augment:
                 seeds = torch.randint(SEED_RANGE, (self.batch_size,), generator=generator).tolist()
             else:
@@ -133,7 +137,10 @@ class FileBackedSplits:
         augment = bool(hparams["data_augmentation"])
         transform = training_transform(size) if augment else evaluation_transform(size)
         self.train_data = SeededImages(train_paths, torch.cat(train_labels), transform)
-        self.batch_sampler = DomainBatchSampler([self.sizes[i]["in"] for i in self.train_envs], self.batch_size, seed, augment)
+        weights = [class_balanced_weights(labels) for labels in train_labels] if hparams.get("class_balanced") else None
+        self.batch_sampler = DomainBatchSampler(
+            [self.sizes[i]["in"] for i in self.train_envs], self.batch_size, seed, augment, weights
+        )
 
         eval_paths: list[str] = []
         eval_labels: list[torch.Tensor] = []

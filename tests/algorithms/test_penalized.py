@@ -26,7 +26,7 @@ def irm_reference(logits: list[torch.Tensor], labels: list[torch.Tensor]) -> tor
     """DomainBed's IRMv1, spelled with a dummy scale and autograd, averaged over domains."""
     penalties = []
     for lg, y in zip(logits, labels):
-        scale = torch.tensor(1.0, requires_grad=True)
+        scale = torch.tensor(1.0, dtype=lg.dtype, requires_grad=True)
         grad_1 = torch.autograd.grad(F.cross_entropy(lg[::2] * scale, y[::2]), [scale], create_graph=True)[0]
         grad_2 = torch.autograd.grad(F.cross_entropy(lg[1::2] * scale, y[1::2]), [scale], create_graph=True)[0]
         penalties.append(grad_1 * grad_2)
@@ -51,13 +51,13 @@ class Case:
         values = {"hidden_dim": 16, cls.ANNEAL_ITERS: 2, cls.LAMBDA: self.weight, **overrides}
         torch.manual_seed(0)
         hparams = apply_overrides(self.name, DATASET, default_hparams(self.name, DATASET), values)
-        return cls(INPUT_SHAPE, 2, len(self.sizes), hparams)
+        return cls(INPUT_SHAPE, 2, len(self.sizes), hparams).double()  # float64: comparisons hold on any CPU
 
     def batches(self, n_steps: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         generator = torch.Generator().manual_seed(0)
         return [
-            [(torch.rand(n, *INPUT_SHAPE, generator=generator), torch.randint(2, (n,), generator=generator))
-             for n in self.sizes]
+            [(torch.rand(n, *INPUT_SHAPE, generator=generator, dtype=torch.float64),
+              torch.randint(2, (n,), generator=generator)) for n in self.sizes]
             for _ in range(n_steps)
         ]
 
@@ -80,16 +80,16 @@ def test_update_objective_and_weight_schedule(case: Case, step: int) -> None:
     nll = sum(F.cross_entropy(lg, y) for lg, y in zip(logits, labels)) / len(logits)
     penalty = case.reference(logits, labels)
     weight = case.weight if step >= 2 else 1.0
-    assert result["nll"] == pytest.approx(nll.item(), rel=1e-5)
-    assert result["penalty"] == pytest.approx(penalty.item(), rel=1e-4, abs=1e-9)
-    assert result["loss"] == pytest.approx(result["nll"] + weight * result["penalty"], rel=1e-6)
+    assert result["nll"] == pytest.approx(nll.item(), rel=1e-12)
+    assert result["penalty"] == pytest.approx(penalty.item(), rel=1e-9, abs=1e-15)
+    assert result["loss"] == pytest.approx(result["nll"] + weight * result["penalty"], rel=1e-12)
     if step == 2:
         twin.optimizer = torch.optim.Adam(twin.network.parameters(), lr=twin.hparams["lr"])
     twin.optimizer.zero_grad()
     (nll + weight * penalty).backward()
     twin.optimizer.step()
     for got, want in zip(model.parameters(), twin.parameters()):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
