@@ -62,7 +62,7 @@ SELECTED_COLOR = "#d62728"
 def _percent(axis: Any, which: str) -> None:
     from matplotlib.ticker import PercentFormatter
 
-    (axis.xaxis if which == "x" else axis.yaxis).set_major_formatter(PercentFormatter(1.0, decimals=0))
+    (axis.xaxis if which == "x" else axis.yaxis).set_major_formatter(PercentFormatter(1.0, decimals=None))
 
 
 def validation_vs_test(
@@ -134,7 +134,10 @@ def axis_kind(values: Sequence[Any], distribution: str | None = None) -> str:
 
 
 def _tick_text(value: float) -> str:
-    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")
+    """Plain numbers a reader compares at a glance: 0.0005, 0.001, 80, 1,000 (no 1e+03, no repeated labels)."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2g}" if value != 0 else "0"
 
 
 def accuracy_vs_hparams(
@@ -179,7 +182,11 @@ def accuracy_vs_hparams(
                 axis.set_xlim(-0.6, len(labels) - 0.4)
             elif kind == LOG:
                 axis.set_xscale("log")
-                axis.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+                positive = [x for x in xs if x > 0]
+                decades = math.log10(max(positive) / min(positive)) if positive else 0.0
+                # under ~1.5 decades the 1-2-5 ticks leave one label or none: evenly spaced values instead
+                axis.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8) if decades > 1.5
+                                             else MaxNLocator(4))
                 axis.xaxis.set_minor_formatter(NullFormatter())
                 axis.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick_text(v)))
             else:

@@ -118,7 +118,7 @@ class MlflowCallback(Callback):
         self.journal = journal
         self.inputs = inputs or {}
         self.resolved = resolved or {}
-        self.source_tags = mlflow_inputs.source_tags(mlflow_inputs.entry_point())
+        self.source_tags = mlflow_inputs.source_tags(f"fishr-tune sweep {Path(spec.source).name}")
         self.best: dict[str, tuple[float, int]] = {}
         self.meta: dict[str, dict[str, Any]] = {}
         self.logged: dict[str, set[int]] = defaultdict(set)

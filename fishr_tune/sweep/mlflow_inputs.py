@@ -7,7 +7,6 @@ trials never talk to MLflow and a replayed journal logs the same inputs again (M
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +70,8 @@ def trial_inputs(entities: dict[str, dict[str, Any]], test_envs: list[int]) -> l
 
 
 def source_tags(entry_point: str) -> dict[str, str]:
-    """MLflow's source tags: the command that ran and, in a git checkout, the commit of fishr-tune's code."""
+    """MLflow's source tags: `entry_point` (the UI shows its last path segment, so a short name: `fishr-tune sweep
+    quickstart.yaml`) and, in a git checkout, the commit of fishr-tune's code."""
     from mlflow.utils.git_utils import get_git_commit, get_git_repo_url
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 
@@ -84,9 +84,3 @@ def source_tags(entry_point: str) -> dict[str, str]:
         if url:
             tags[MLFLOW_GIT_REPO_URL] = url
     return tags
-
-
-def entry_point() -> str:
-    """The command line as the user typed it (`fishr-tune sweep search_spaces/quickstart.yaml`)."""
-    command = Path(sys.argv[0]).name if sys.argv else "python"
-    return " ".join([command, *sys.argv[1:]])
