@@ -21,7 +21,7 @@ import pandas as pd
 from fishr_tune import records
 from fishr_tune.domainbed_names import to_our_names
 from fishr_tune.errors import ConfigError
-from fishr_tune.selection import GROUP, SELECTION_METHODS, select, summarize, training_domain_scores
+from fishr_tune.selection import GROUP, SELECTION_METHODS, env_count, select, summarize, training_domain_scores
 
 RAY_RESULT_FILE = "result.json"
 RUN = "run"
@@ -134,6 +134,7 @@ class MlflowSweep:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str | None
+    spaces: dict[str, dict[str, str]] | None = None  # algorithm -> hparam -> distribution kind (the parent's SPACE_TAG)
 
 
 def _check_store(tracking_uri: str) -> None:
@@ -177,7 +178,8 @@ def from_mlflow(tracking_uri: str, experiment: str, progress: Progress = _no_pro
     rows: list[dict[str, Any]] = []
     for run in progress(trials, len(trials), f"Reading {len(trials)} runs of {experiment}"):
         rows.extend(_mlflow_run_rows(client, run, sweep_args))
-    return MlflowSweep(pd.DataFrame(rows), tracking_uri, experiment_id, parent.info.run_id if parent else None)
+    spaces = json.loads(parent.data.tags[records.SPACE_TAG]) if parent is not None and records.SPACE_TAG in parent.data.tags else None
+    return MlflowSweep(pd.DataFrame(rows), tracking_uri, experiment_id, parent.info.run_id if parent else None, spaces)
 
 
 def _mlflow_run_rows(client: Any, run: Any, sweep_args: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -480,34 +482,93 @@ def run_points(prepared: pd.DataFrame) -> pd.DataFrame:
     return ordered.drop_duplicates(RUN).reset_index(drop=True)
 
 
-def make_plots(prepared: pd.DataFrame, directory: str | Path) -> list[Path]:
-    """validation vs test accuracy per group, and accuracy vs each varying hyperparameter per (dataset, algorithm)."""
+def _env_label(dataset: str, env: int) -> str:
+    from fishr_tune.data import DATASET_ENVIRONMENTS
+
+    names = DATASET_ENVIRONMENTS.get(dataset, ())
+    return f"{names[env]} (env {env})" if env < len(names) else f"env {env}"
+
+
+def hparam_distributions(prepared: pd.DataFrame, spaces: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, dict[str, str]]:
+    """Per algorithm: each hyperparameter's search distribution kind, from the sweep's space when known, else the registry's."""
+    from fishr_tune.hparams import hparam_space
+
+    out: dict[str, dict[str, str]] = {}
+    for (dataset, algorithm), _ in prepared.groupby(["dataset", "algorithm"], sort=True):
+        try:
+            registry = {name: spec.dist.kind for name, spec in hparam_space(str(algorithm), str(dataset)).items()}
+        except (ConfigError, KeyError, ValueError, AttributeError):
+            registry = {}
+        out[str(algorithm)] = {**registry, **dict((spaces or {}).get(str(algorithm), {}))}
+    return out
+
+
+def make_plots(prepared: pd.DataFrame, directory: str | Path,
+               spaces: Mapping[str, Mapping[str, str]] | None = None) -> list[Path]:
+    """Per group: validation vs test accuracy over every run's checkpoints, the training_domain selection marked;
+    per (dataset, algorithm): accuracy against each varying hyperparameter, validation and test in separate rows."""
     from fishr_tune import plots
 
     directory = Path(directory)
+    scores = training_domain_scores(prepared)
     points = run_points(prepared)
     written: list[Path] = []
     if points.empty:
         return written
-    for (dataset, algorithm, test_env, trial_seed), part in points.groupby(GROUP, sort=True):
+    chosen = select(prepared, "training_domain")
+    chosen_at = {tuple(r[c] for c in GROUP): (str(r[RUN]), int(r["step"])) for r in chosen.to_dict("records")}
+    for group, part in scores.groupby(GROUP, sort=True):
+        dataset, algorithm, test_env, trial_seed = group
+        ordered = part.sort_values([RUN, "step"], kind="mergesort")
+        curves = {str(run): list(zip(rows["step"].astype(int), rows["val_acc"].astype(float), rows["test_acc"].astype(float)))
+                  for run, rows in ordered.groupby(RUN, sort=True)}
+        training = sorted(set(range(env_count(part))) - {int(test_env)})
+        val_label = "validation: mean out-split accuracy of " + ", ".join(_env_label(str(dataset), e) for e in training)
         name = f"val_vs_test_{dataset}_{algorithm}_te{test_env}_ts{trial_seed}.png"
         written.append(plots.validation_vs_test(
-            part["val_acc"].to_numpy(), part["test_acc"].to_numpy(), part["step"].to_numpy(),
-            f"{dataset} {algorithm}, test env {test_env}, trial seed {trial_seed}: every run's best checkpoint",
-            directory / name,
+            curves, chosen_at.get(tuple(group)),
+            f"{dataset} {algorithm}, test env {_env_label(str(dataset), int(test_env))}, trial seed {trial_seed}: "
+            f"{len(curves)} runs over their checkpoints", val_label,
+            f"test: {_env_label(str(dataset), int(test_env))}, in split", directory / name,
         ))
     varying = varying_hparams(prepared)
+    distributions = hparam_distributions(prepared, spaces)
+    selected_runs = {run for run, _ in chosen_at.values()}
     for (dataset, algorithm), part in points.groupby(["dataset", "algorithm"], sort=True):
         names = varying.get((str(dataset), str(algorithm)), [])
         if not names:
             continue
         configs = [json.loads(c) for c in part["config"]]
         values = {n: [c.get(n) for c in configs] for n in names}
+        tests = ", ".join(_env_label(str(dataset), int(e)) for e in sorted(part["test_env"].unique()))
         written.append(plots.accuracy_vs_hparams(
-            values, part["val_acc"].to_numpy(), part["test_acc"].to_numpy(), f"{dataset} {algorithm}",
-            directory / f"hparams_{dataset}_{algorithm}.png",
+            values, part["val_acc"].to_numpy(), part["test_acc"].to_numpy(),
+            f"{dataset} {algorithm}: each run at its best training-domain validation checkpoint (test env {tests})",
+            directory / f"hparams_{dataset}_{algorithm}.png", distributions.get(str(algorithm), {}),
+            [str(run) in selected_runs for run in part[RUN]],
+            "training-domain validation", f"test ({tests})",
         ))
     return written
+
+
+def log_selected_models(sweep: MlflowSweep, prepared: pd.DataFrame, bests: Sequence[BestConfig]) -> list[Any]:
+    """Each selected checkpoint as an MLflow model on its trial run (fishr_tune.model_export), checked against the
+    accuracies MLflow recorded at that step."""
+    from fishr_tune.model_export import log_selected_model
+
+    if MLFLOW_RUN_ID not in prepared.columns:
+        raise ConfigError("--log-model: needs an MLflow source (--experiment), where each selected run has a trial run")
+    logged = []
+    for best in bests:
+        problem = best.reproduction_problem()
+        if problem:
+            raise ConfigError(f"--log-model: {problem}")
+        rows = prepared[(prepared[RUN] == best.run) & (prepared["step"] == best.step)]
+        row = rows.iloc[0]
+        expected = {c: float(row[c]) for c in rows.columns if str(c).startswith("env") and str(c).endswith("_acc")
+                    and not _missing(row[c])}
+        logged.append(log_selected_model(sweep.tracking_uri, str(row[MLFLOW_RUN_ID]), best.config, best.step, expected))
+    return logged
 
 
 def log_plots_to_mlflow(sweep: MlflowSweep, paths: Sequence[Path]) -> None:

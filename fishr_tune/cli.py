@@ -338,10 +338,12 @@ Plots (PNG) are made only with --plots DIR; when reading MLflow they are also lo
 @click.option("--best-config", "best_config", type=click.Path(dir_okay=False), help="Write the selected run's TrainConfig YAML here.")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False), help="Write the long records table as parquet.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write PNG plots into this directory.")
+@click.option("--log-model", "log_model", is_flag=True,
+              help="Log each group's selected checkpoint as an MLflow model on its trial run (MLflow source only).")
 @exits_2_on_bad_input
 def analyze(experiment: str | None, tracking_uri: str, records_path: str | None, selection_name: str | None,
             output_format: str, algorithm: str | None, test_env: int | None, trial_seed: int | None,
-            best_config: str | None, export_path: str | None, plots_dir: str | None) -> None:
+            best_config: str | None, export_path: str | None, plots_dir: str | None, log_model: bool = False) -> None:
     from pathlib import Path
 
     from fishr_tune import analyze as an
@@ -354,8 +356,10 @@ def analyze(experiment: str | None, tracking_uri: str, records_path: str | None,
         raise ConfigError(f"--selection: expected one of {', '.join(SELECTION_METHODS)}, got {selection_name!r}")
     if (experiment is None) == (records_path is None):
         raise ConfigError("give exactly one source: --experiment NAME (MLflow) or --records PATH")
+    if log_model and experiment is None:
+        raise ConfigError("--log-model: needs --experiment (the models go to the sweep's MLflow trial runs)")
     methods = (selection_name,) if selection_name else SELECTION_METHODS
-    if best_config and len(methods) != 1:
+    if (best_config or log_model) and len(methods) != 1:
         methods_for_best = "training_domain"
     else:
         methods_for_best = methods[0]
@@ -406,8 +410,15 @@ def analyze(experiment: str | None, tracking_uri: str, records_path: str | None,
             note(f"Best configurations ({methods_for_best}): {len(written)} groups selected, so {best_config} was not "
                  f"written{stale}; wrote {', '.join(str(p) for p in written)} (for one file at {best_config}, narrow to "
                  f"one group with --algorithm/--test-env/--trial-seed)")
+    if log_model and sweep is not None:
+        if methods_for_best not in selected:
+            selected.update(an.selections(prepared, (methods_for_best,)))
+        chosen = an.best_configs(prepared, selected[methods_for_best], methods_for_best)
+        for logged in an.log_selected_models(sweep, prepared, chosen):
+            note(f"Model ({methods_for_best}): step {logged.step} of run {logged.run_id} rebuilt (validation "
+                 f"{100 * logged.val_acc:.2f}%, as recorded) and logged as {logged.model_uri}")
     if plots_dir:
-        paths = an.make_plots(prepared, plots_dir)
+        paths = an.make_plots(prepared, plots_dir, sweep.spaces if sweep is not None else None)
         if sweep is not None:
             an.log_plots_to_mlflow(sweep, paths)
         note(f"Plots: {len(paths)} PNG files in {plots_dir}" + (" (also logged to the sweep's parent run)" if sweep and sweep.parent_run_id else ""))

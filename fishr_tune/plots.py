@@ -53,53 +53,164 @@ def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+# How a hyperparameter's axis is drawn, from the distribution it was searched with (a sweep's `fishr_tune.space`
+# tag or the registry's): categories for choices, a log axis for log-distributed values, a linear one otherwise.
+CATEGORICAL, LOG, LINEAR = "categorical", "log", "linear"
+SELECTED_COLOR = "#d62728"
+
+
+def _percent(axis: Any, which: str) -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    (axis.xaxis if which == "x" else axis.yaxis).set_major_formatter(PercentFormatter(1.0, decimals=None))
+
+
 def validation_vs_test(
-    val_acc: Sequence[float], test_acc: Sequence[float], steps: Sequence[int], title: str, path: str | os.PathLike[str],
+    curves: Mapping[str, Sequence[tuple[int, float, float]]], selected: tuple[str, int] | None, title: str,
+    val_label: str, test_label: str, path: str | os.PathLike[str],
 ) -> Path:
-    """One point per run (its selected checkpoint): how well does validation accuracy predict test accuracy?"""
-    figure, axis = plt.subplots(figsize=(5.5, 4.5))
-    scatter = axis.scatter(val_acc, test_acc, c=steps, cmap="viridis", s=24)
-    figure.colorbar(scatter, ax=axis, label="checkpoint step")
-    axis.set_xlabel("training-domain validation accuracy")
-    axis.set_ylabel("test-domain accuracy (in split)")
-    axis.set_title(title, fontsize=9)
+    """Every run of one group as a path over its checkpoints, (validation, test) accuracy, on equal-aspect axes.
+
+    `curves`: run -> [(step, val_acc, test_acc)] in step order; `selected`: (run, step) that the selection chose,
+    drawn thick with its checkpoint starred. Equal aspect: a point of validation is as long as a point of test,
+    so "does validation track test" reads as the slope of each path (45 degrees = tracks one for one).
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+
+    steps = [s for points in curves.values() for s, _, _ in points]
+    norm = Normalize(min(steps, default=0), max(max(steps, default=1), 1))
+    cmap = colormaps["viridis"]
+    figure, axis = plt.subplots(figsize=(7.5, 6.2))
+    chosen = selected[0] if selected else None
+    for run, points in sorted(curves.items(), key=lambda item: item[0] == chosen):
+        xs, ys = [p[1] for p in points], [p[2] for p in points]
+        mine = run == chosen
+        axis.plot(xs, ys, color=SELECTED_COLOR if mine else "0.55", linewidth=2.4 if mine else 1.0,
+                  alpha=1.0 if mine else 0.7, zorder=3 if mine else 1,
+                  label=f"selected run {run}" if mine else None)
+        axis.scatter(xs, ys, c=[cmap(norm(p[0])) for p in points], s=30 if mine else 16, zorder=4 if mine else 2,
+                     edgecolors="black" if mine else "none", linewidths=0.5)
+    if selected is not None:
+        point = next((p for p in curves.get(selected[0], []) if p[0] == selected[1]), None)
+        if point is not None:
+            axis.scatter([point[1]], [point[2]], marker="*", s=320, color=SELECTED_COLOR, edgecolors="black", zorder=5,
+                         label=f"selected checkpoint (step {selected[1]}): val {point[1]:.1%}, test {point[2]:.1%}")
+    axis.plot([], [], color="0.55", linewidth=1.0, label=f"other runs ({len(curves) - (1 if chosen in curves else 0)})")
+    xs = [p[1] for points in curves.values() for p in points]
+    ys = [p[2] for points in curves.values() for p in points]
+    if xs:
+        half = max(max(xs) - min(xs), max(ys) - min(ys), 0.02) / 2 * 1.1
+        for setter, values in ((axis.set_xlim, xs), (axis.set_ylim, ys)):
+            middle = (max(values) + min(values)) / 2
+            setter(middle - half, middle + half)
+    axis.set_aspect("equal", adjustable="box")
+    _percent(axis, "x")
+    _percent(axis, "y")
+    axis.set_xlabel(val_label)
+    axis.set_ylabel(test_label)
+    axis.set_title(title, fontsize=10)
     axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    figure.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axis, label="checkpoint step", shrink=0.8)
     return _save(figure, path)
 
 
-def wants_log_axis(name: str, values: Sequence[Any]) -> bool:
-    """lambda always; any positive numeric hyperparameter whose values span more than two decades."""
-    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
-    if not numbers or min(numbers) <= 0:
-        return False
-    return name == "lambda" or max(numbers) / min(numbers) > 100.0
+def axis_kind(values: Sequence[Any], distribution: str | None = None) -> str:
+    """categorical for choices (and anything not a number), log for log-distributed positive values, else linear.
+
+    Without a known distribution: numbers spanning more than two decades get a log axis.
+    """
+    numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if distribution == "choice" or len(numeric) < len(values):
+        return CATEGORICAL
+    finite = [float(v) for v in numeric if math.isfinite(float(v))]
+    positive = bool(finite) and min(finite) > 0
+    if distribution in ("loguniform", "logint"):
+        return LOG if positive else LINEAR
+    if distribution is None and positive and max(finite) / min(finite) > 100.0:
+        return LOG
+    return LINEAR
+
+
+def _tick_text(value: float) -> str:
+    """Plain numbers a reader compares at a glance: 0.0005, 0.001, 80, 1,000 (no 1e+03, no repeated labels)."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2g}" if value != 0 else "0"
 
 
 def accuracy_vs_hparams(
     values: Mapping[str, Sequence[Any]], val_acc: Sequence[float], test_acc: Sequence[float], title: str,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str], distributions: Mapping[str, str] | None = None,
+    selected: Sequence[bool] | None = None, val_label: str = "validation accuracy", test_label: str = "test accuracy",
 ) -> Path:
-    """One panel per hyperparameter: each run's validation (and test) accuracy against its value."""
+    """One column per hyperparameter, validation on top and test below (each on its own y range, so differences
+    between runs stay visible): each run at its selected checkpoint, the selected runs starred."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
     names = list(values)
-    columns = min(3, len(names))
-    rows = math.ceil(len(names) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
-    for axis, name in zip(axes.flat, names):
-        xs = list(values[name])
-        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-        if not numeric:
-            labels = sorted({json.dumps(x, default=str) for x in xs})
-            xs = [labels.index(json.dumps(x, default=str)) for x in xs]
-            axis.set_xticks(range(len(labels)), labels, fontsize=7)
-        axis.scatter(xs, val_acc, s=18, label="validation")
-        axis.scatter(xs, test_acc, s=18, marker="x", label="test")
-        if numeric and wants_log_axis(name, xs):
-            axis.set_xscale("log")
-        axis.set_xlabel(name)
-        axis.set_ylabel("accuracy")
-        axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(names):]:
-        axis.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
-    figure.suptitle(title, fontsize=10)
+    distributions = distributions or {}
+    chosen = list(selected) if selected is not None else [False] * len(val_acc)
+    figure, axes = plt.subplots(2, len(names), figsize=(max(4.6 * len(names), 6.0), 7.0), squeeze=False)
+    for column, name in enumerate(names):
+        raw = list(values[name])
+        kind = axis_kind(raw, distributions.get(name))
+        if kind == CATEGORICAL:
+            labels = sorted({json.dumps(x, default=str) for x in raw}, key=lambda t: (not _is_number(t), _number(t), t))
+            xs = [labels.index(json.dumps(x, default=str)) for x in raw]
+            # spread runs that share a category, so none hides another
+            seen: dict[int, int] = {}
+            offsets = []
+            for x in xs:
+                seen[x] = seen.get(x, 0) + 1
+                offsets.append(seen[x])
+            xs = [x + 0.08 * (offset - (seen[x] + 1) / 2) for x, offset in zip(xs, offsets)]
+        else:
+            xs = [float(x) for x in raw]
+        for row, (accuracies, label) in enumerate(((val_acc, val_label), (test_acc, test_label))):
+            axis = axes[row][column]
+            plain = [i for i, c in enumerate(chosen) if not c]
+            stars = [i for i, c in enumerate(chosen) if c]
+            axis.scatter([xs[i] for i in plain], [accuracies[i] for i in plain], s=26, color="#1f77b4" if row == 0 else "#2ca02c",
+                         label="run (its selected checkpoint)")
+            if stars:
+                axis.scatter([xs[i] for i in stars], [accuracies[i] for i in stars], marker="*", s=220, color=SELECTED_COLOR,
+                             edgecolors="black", zorder=3, label="selected run")
+            if kind == CATEGORICAL:
+                axis.set_xticks(range(len(labels)), [json.loads(t) if not _is_number(t) else t for t in labels])
+                axis.set_xlim(-0.6, len(labels) - 0.4)
+            elif kind == LOG:
+                axis.set_xscale("log")
+                positive = [x for x in xs if x > 0]
+                decades = math.log10(max(positive) / min(positive)) if positive else 0.0
+                # under ~1.5 decades the 1-2-5 ticks leave one label or none: evenly spaced values instead
+                axis.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8) if decades > 1.5
+                                             else MaxNLocator(4))
+                axis.xaxis.set_minor_formatter(NullFormatter())
+                axis.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick_text(v)))
+            else:
+                axis.xaxis.set_major_locator(MaxNLocator(5))
+                axis.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick_text(v)))
+            axis.tick_params(axis="x", labelrotation=30, labelsize=8)
+            _percent(axis, "y")
+            axis.set_ylabel(label, fontsize=9)
+            axis.set_xlabel(f"{name} ({kind} axis)" if row == 1 else "", fontsize=9)
+            axis.grid(alpha=0.3)
+            if column == 0:
+                axis.legend(fontsize=7, loc="best")
+        axes[0][column].set_title(name, fontsize=10)
+    figure.suptitle(title, fontsize=11)
     return _save(figure, path)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _number(text: str) -> float:
+    return float(text) if _is_number(text) else 0.0

@@ -22,6 +22,8 @@ STEP_TIME = "step_time"
 HPARAMS = "hparams"
 ARGS = "args"
 VAL_ACC = "val_acc"
+# MLflow tag on a sweep's parent run: {algorithm: {hparam: distribution kind}}, so plots draw each axis as searched.
+SPACE_TAG = "fishr_tune.space"
 SPLITS = ("in", "out")
 
 RESULTS_FILE = "results.jsonl"

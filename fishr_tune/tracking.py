@@ -8,7 +8,8 @@ neither loses nor duplicates anything:
 - runs are looked up by a key tag before being created, so a retried trial continues its own run;
 - metric points carry the timestamp they were journaled with, and MLflow's SQL store drops exact duplicates;
 - params are logged once with fixed values (re-logging the same value is accepted by MLflow);
-- tags and artifacts overwrite.
+- tags and artifacts overwrite;
+- dataset inputs are deduplicated by (name, digest) in MLflow's SQL store.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ KEY_TAG = "fishr_tune.key"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RETRY_SECONDS = 10.0
 MAX_PARAM_LENGTH = 6000
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # what the UI shows next to a run's dataset input (train / validation / test)
 
 
 def _quick_failures() -> None:
@@ -100,6 +102,17 @@ class MlflowJournal:
 
     def log_artifact(self, key: str, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self._append({"op": "artifact", "key": key, "path": str(Path(path).resolve()), "artifact_path": artifact_path})
+
+    def set_run_refs(self, key: str, refs: Mapping[str, str]) -> None:
+        """Tags whose values are the MLflow run ids of other journal keys (known only once those runs exist)."""
+        self._append({"op": "refs", "key": key, "refs": dict(refs)})
+
+    def log_inputs(self, key: str, inputs: list[dict[str, Any]]) -> None:
+        """Dataset inputs: each `{"dataset": <mlflow Dataset entity fields>, "context": str}` (see dataset_entity)."""
+        self._append({"op": "inputs", "key": key, "inputs": inputs})
+
+    def set_experiment_tags(self, tags: Mapping[str, Any]) -> None:
+        self._append({"op": "experiment_tags", "key": None, "tags": {k: str(v) for k, v in tags.items()}})
 
     def end_run(self, key: str, status: str = "FINISHED") -> None:
         self._append({"op": "end", "key": key, "status": status})
@@ -220,6 +233,18 @@ class MlflowJournal:
         elif op["op"] == "artifact":
             if Path(op["path"]).exists():
                 client.log_artifact(runs[key], op["path"], op["artifact_path"])
+        elif op["op"] == "refs":
+            client.log_batch(runs[key], tags=[RunTag(k, runs[ref]) for k, ref in op["refs"].items() if ref in runs])
+        elif op["op"] == "inputs":
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            client.log_inputs(runs[key], [
+                DatasetInput(Dataset(**item["dataset"]), tags=[InputTag(DATASET_CONTEXT_TAG, item["context"])])
+                for item in op["inputs"]
+            ])
+        elif op["op"] == "experiment_tags":
+            for name, value in op["tags"].items():
+                client.set_experiment_tag(experiment_id, name, value)
         elif op["op"] == "end":
             client.set_terminated(runs[key], status=op["status"])
         else:

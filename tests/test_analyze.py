@@ -372,12 +372,15 @@ def test_plots_are_written(tmp_path: Path) -> None:
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
 
 
-def test_log_axis_for_lambda_and_wide_ranges() -> None:
-    from fishr_tune.plots import wants_log_axis
+def test_axis_kind_follows_the_search_distribution() -> None:
+    from fishr_tune.plots import CATEGORICAL, LINEAR, LOG, axis_kind
 
-    assert wants_log_axis("lambda", [10.0, 20.0])
-    assert wants_log_axis("lr", [1e-5, 1e-2]) and not wants_log_axis("lr", [1e-3, 5e-2])
-    assert not wants_log_axis("lambda", [0.0, 100.0])
+    assert axis_kind([64, 128, 64], "choice") == CATEGORICAL  # a choice of numbers stays categorical
+    assert axis_kind(["closed_form", "backpack"]) == CATEGORICAL and axis_kind([True, False]) == CATEGORICAL
+    assert axis_kind([1e-3, 2e-3], "loguniform") == LOG and axis_kind([8, 16], "logint") == LOG
+    assert axis_kind([0.0, 100.0], "loguniform") == LINEAR  # log of 0 is undefined: fall back to linear
+    assert axis_kind([0.9, 0.95], "uniform") == LINEAR
+    assert axis_kind([1e-5, 1e-2]) == LOG and axis_kind([1e-3, 5e-2]) == LINEAR  # unknown: more than two decades
 
 
 def test_selection_table_vectorized_config_keys_match_per_row_json(tmp_path: Path) -> None:

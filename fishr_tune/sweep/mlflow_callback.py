@@ -22,8 +22,9 @@ from fishr_tune import records
 from fishr_tune.data import DATASET_ENVIRONMENTS
 from fishr_tune.hparams import apply_overrides, default_hparams
 from fishr_tune.plots import accuracy_curves
+from fishr_tune.sweep import mlflow_inputs
 from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY
-from fishr_tune.sweep.spec import SweepSpec
+from fishr_tune.sweep.spec import Distribution, SweepSpec
 from fishr_tune.tracking import MlflowJournal
 
 SWEEP_KEY = "sweep"
@@ -33,6 +34,18 @@ FLUSH_INTERVAL_S = 2.0
 # The trial's args (seed, steps, label_noise, ...) as its first record held them, plus the sweep's data_dir:
 # what `fishr-tune analyze --best-config` needs to write a config that reruns the trial.
 ARGS_TAG = "fishr_tune.args"
+# Within one trial: the best training-domain validation accuracy so far and its step (ties: the earliest), so
+# sorting the run list by best_val_acc ranks trials as `fishr-tune analyze`'s training_domain selection does.
+BEST_VAL_ACC = "best_val_acc"
+BEST_VAL_STEP = "best_val_step"
+SYSTEM_PREFIX = "system/"  # MLflow's system metrics (its UI shows them in their own section)
+DESCRIPTION_TAG = "mlflow.note.content"  # the run's (and the experiment's) description in MLflow's UI
+# The experiment tag MLflow 3's UI reads to pick its default view; without it an experiment opens on GenAI traces.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# One artifact path shared by every trial, so MLflow's compare view shows the trials' plots side by side.
+ACCURACY_PLOT = "plots/accuracy.png"
+SELECTED_RUN_TAG = "selected_run."  # + flat group name, on the parent: the run id training_domain selects
 
 
 def resolve_tracking_uri(uri: str) -> str:
@@ -52,10 +65,63 @@ def trial_run_name(config: dict[str, Any], trial_id: str) -> str:
     return f"{config['algorithm']} te{envs} ts{config['trial_seed']} {trial_id[-5:]}"
 
 
+def flat_name(group: str) -> str:
+    """A group key (`Fishr/te2/ts0`) as one metric-name segment: MLflow's UI turns `/` into chart sections."""
+    return group.replace("/", "_")
+
+
+def _format_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def trial_description(config: dict[str, Any], outcome: str, best: tuple[float, int] | None) -> str:
+    """The run's description (Markdown): what was trained and how it ended."""
+    dataset = config["dataset"]
+    names = DATASET_ENVIRONMENTS.get(dataset, ())
+    tests = ", ".join(f"{e} ({names[e]})" if e < len(names) else str(e) for e in config["test_envs"])
+    searched = ", ".join(f"`{k}`={_format_value(v)}" for k, v in sorted(config.get("hparams", {}).items()))
+    lines = [f"**{config['algorithm']}** on {dataset}, test env {tests}, trial seed {config['trial_seed']} "
+             f"(group `{config.get(GROUP_KEY, '')}`).", "", f"**{outcome[0].upper()}{outcome[1:]}.**"]
+    if best is not None:
+        lines.append(f"Best training-domain validation accuracy {best[0]:.4f} at step {best[1]}.")
+    if searched:
+        lines += ["", f"Hyperparameters: {searched}."]
+    return "\n".join(lines)
+
+
+def space_kinds(spec: SweepSpec) -> dict[str, dict[str, str]]:
+    """Per algorithm: each searched hyperparameter's distribution kind (loguniform, choice, ...)."""
+    return {algorithm: {name: value.kind for name, value in space.items() if isinstance(value, Distribution)}
+            for algorithm, space in spec.spaces.items()}
+
+
+def sweep_description(spec: SweepSpec) -> str:
+    """The experiment's description: the search space's own `description`, then what the sweep covers."""
+    settings = spec.settings
+    scheduler = settings.scheduler
+    stopping = (f"ASHA (grace period {scheduler.grace_period} steps, reduction factor {scheduler.reduction_factor:g})"
+                if scheduler.type == "asha" else "no early stopping")
+    text = (f"{settings.dataset}: {', '.join(settings.algorithms)}; test envs {settings.test_envs}; trial seeds "
+            f"{settings.trial_seeds}; {settings.steps} steps, a checkpoint every {settings.checkpoint_freq}. "
+            f"{settings.search.algorithm.upper()} search, {settings.search.num_samples} configurations per group, {stopping}. "
+            f"Search space: `{spec.source}`. Rank trials by `best_val_acc` (training-domain validation), never by a test "
+            f"environment's accuracy.")
+    return f"{settings.description.strip()}\n\n{text}" if settings.description else text
+
+
 class MlflowCallback(Callback):
-    def __init__(self, spec: SweepSpec, journal: MlflowJournal):
+    """`inputs`: per dataset key (trial seed), the MLflow dataset entities of every split (mlflow_inputs.split_entities);
+    `resolved`: the settings as the sweep really used them (absolute paths, the dataset's label noise), for the parent."""
+
+    def __init__(self, spec: SweepSpec, journal: MlflowJournal, inputs: dict[str, Any] | None = None,
+                 resolved: dict[str, Any] | None = None):
         self.spec = spec
         self.journal = journal
+        self.inputs = inputs or {}
+        self.resolved = resolved or {}
+        self.source_tags = mlflow_inputs.source_tags(f"fishr-tune sweep {Path(spec.source).name}")
+        self.best: dict[str, tuple[float, int]] = {}
+        self.meta: dict[str, dict[str, Any]] = {}
         self.logged: dict[str, set[int]] = defaultdict(set)
         self.points: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.started: set[str] = set()
@@ -67,28 +133,42 @@ class MlflowCallback(Callback):
         for op in journal.operations():  # a resumed driver: what is journaled already stays journaled once
             if op["op"] == "start":
                 self.started.add(op["key"])
+                if op["tags"].get("fishr_tune.kind") == "trial":
+                    tags = op["tags"]
+                    self.meta[op["key"]] = {"dataset": tags["dataset"], "algorithm": tags["algorithm"],
+                                            "test_envs": json.loads(tags["test_envs"]), "trial_seed": int(tags["trial_seed"])}
             elif op["op"] == "tags" and ARGS_TAG in op["tags"]:
                 self.args_tagged.add(op["key"])
             elif op["op"] == "metrics":
                 self.logged[op["key"]].add(op["step"])
                 self.points[op["key"]].append({"step": op["step"], **op["metrics"]})
+                value = op["metrics"].get(BEST_VAL_ACC)
+                if value is not None and op["metrics"].get(BEST_VAL_STEP) is not None:
+                    self.best[op["key"]] = (float(value), int(op["metrics"][BEST_VAL_STEP]))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.spec, "journal_dir": str(self.journal.directory), "uri": self.journal.tracking_uri}
+        return {"spec": self.spec, "journal_dir": str(self.journal.directory), "uri": self.journal.tracking_uri,
+                "inputs": self.inputs, "resolved": self.resolved}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         journal = MlflowJournal(state["journal_dir"], state["uri"], state["spec"].name)
-        self.__init__(state["spec"], journal)  # type: ignore[misc]
+        self.__init__(state["spec"], journal, state.get("inputs"), state.get("resolved"))  # type: ignore[misc]
 
     def start_sweep_run(self) -> None:
         if SWEEP_KEY in self.started:
             return
         settings = self.spec.settings.model_dump(mode="json")
+        settings.pop("description", None)  # the experiment's and the parent's description, not a param
         params = {k: v for k, v in settings.items() if not isinstance(v, (dict, list)) or k in ("algorithms", "test_envs", "trial_seeds")}
         for section in ("search", "scheduler", "resources"):
             params.update({f"{section}.{k}": v for k, v in settings.get(section, {}).items()})
+        params.update(self.resolved)
+        description = sweep_description(self.spec)
+        self.journal.set_experiment_tags({EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, DESCRIPTION_TAG: description})
         self.journal.start_run(SWEEP_KEY, self.spec.name, params=params,
-                               tags={"fishr_tune.kind": "sweep", "dataset": self.spec.settings.dataset})
+                               tags={"fishr_tune.kind": "sweep", "dataset": self.spec.settings.dataset,
+                                     DESCRIPTION_TAG: description, records.SPACE_TAG: json.dumps(space_kinds(self.spec)),
+                                     **self.source_tags})
         if Path(self.spec.source).exists():
             self.journal.log_artifact(SWEEP_KEY, self.spec.source)
         self.started.add(SWEEP_KEY)
@@ -129,13 +209,19 @@ class MlflowCallback(Callback):
                 "dataset": dataset, "algorithm": config["algorithm"], "test_envs": json.dumps(list(config["test_envs"])),
                 "trial_seed": config["trial_seed"], "group": config.get(GROUP_KEY, ""), "ray_trial_id": key,
                 "status": "running", "fishr_tune.kind": "trial",
+                DESCRIPTION_TAG: trial_description(config, "running", None), **self.source_tags,
             }
             for i, name in enumerate(DATASET_ENVIRONMENTS.get(dataset, ())):
                 tags[f"env{i}"] = name
             params = apply_overrides(config["algorithm"], dataset, default_hparams(config["algorithm"], dataset),
                                      config.get("hparams", {}))
             self.journal.start_run(key, trial_run_name(config, key), parent=SWEEP_KEY, params=params, tags=tags)
+            entities = self.inputs.get(f"trial_seed={config['trial_seed']}")
+            if entities:
+                self.journal.log_inputs(key, mlflow_inputs.trial_inputs(entities, list(config["test_envs"])))
             self.started.add(key)
+        self.meta[key] = {"dataset": config["dataset"], "algorithm": config["algorithm"],
+                          "test_envs": list(config["test_envs"]), "trial_seed": int(config["trial_seed"])}
         self._ensure_flusher()
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
@@ -143,11 +229,17 @@ class MlflowCallback(Callback):
         step = result.get(records.STEP)
         if step is None or result.get(FAILURE_KEY) or int(step) in self.logged[key]:
             return
-        metrics = {k: v for k, v in result.items() if (k.startswith("env") and k.endswith("_acc")) or k in METRIC_NAMES}
+        metrics = {k: v for k, v in result.items() if (k.startswith("env") and k.endswith("_acc")) or k in METRIC_NAMES
+                   or k.startswith(SYSTEM_PREFIX)}
         if not any(k.startswith("env") for k in metrics):
             return
         if key not in self.started:
             self.on_trial_start(iteration, trials, trial)
+        value = metrics.get(records.VAL_ACC)
+        if isinstance(value, (int, float)) and value == value and (key not in self.best or value > self.best[key][0]):
+            self.best[key] = (float(value), int(step))
+        if key in self.best:
+            metrics[BEST_VAL_ACC], metrics[BEST_VAL_STEP] = self.best[key]
         timestamp = int(result.get("timestamp", time.time()) * 1000)
         self.journal.log_metrics(key, metrics, step=int(step), timestamp_ms=timestamp)
         self.logged[key].add(int(step))
@@ -174,12 +266,13 @@ class MlflowCallback(Callback):
     def _close_run(self, key: str, config: dict[str, Any], points: list[dict[str, Any]], status: str,
                    mlflow_status: str) -> None:
         if points:
+            folder, name = ACCURACY_PLOT.rsplit("/", 1)
             plot = accuracy_curves(
                 points, list(config["test_envs"]), DATASET_ENVIRONMENTS.get(config["dataset"], ()),
-                f"{trial_run_name(config, key)} — {status}", self.journal.directory / "plots" / f"{key}.png",
+                f"{trial_run_name(config, key)} — {status}", self.journal.directory / "plots" / key / name,
             )
-            self.journal.log_artifact(key, plot)
-        self.journal.set_tags(key, {"status": status})
+            self.journal.log_artifact(key, plot, folder)
+        self.journal.set_tags(key, {"status": status, DESCRIPTION_TAG: trial_description(config, status, self.best.get(key))})
         self.journal.end_run(key, mlflow_status)
 
     def wait_for_closing_runs(self) -> None:
@@ -197,7 +290,9 @@ class MlflowCallback(Callback):
         if step >= self.spec.settings.steps - 1:
             self._finish(trial, "finished", "FINISHED")
         else:
-            self._finish(trial, f"stopped early at step {step}", "FINISHED")
+            # MLflow's UI shows KILLED as "Killed" with a grey icon, apart from the green "Finished" of complete runs.
+            by = " by ASHA" if self.spec.settings.scheduler.type == "asha" else ""
+            self._finish(trial, f"stopped early at step {step}{by}", "KILLED")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         from fishr_tune.sweep.runner import failure_reason
@@ -215,10 +310,39 @@ def finish_sweep_run(callback: MlflowCallback, summary: Any) -> int:
         "steps_without_early_stopping": summary.steps_without_early_stopping, "wall_time_s": summary.wall_time_s,
     }
     journal.log_metrics(SWEEP_KEY, metrics, step=0)
-    best = {f"best_val_acc/{key}": counts.best_val_acc for key, counts in summary.groups.items() if counts.best_val_acc is not None}
+    best = {f"{BEST_VAL_ACC}_{flat_name(key)}": counts.best_val_acc for key, counts in summary.groups.items()
+            if counts.best_val_acc is not None}
     if best:
         journal.log_metrics(SWEEP_KEY, best, step=0)
+    selected = selected_trials(callback)
+    if selected:
+        journal.set_run_refs(SWEEP_KEY, {f"{SELECTED_RUN_TAG}{flat_name(group)}": key for group, key in selected.items()})
     journal.set_tags(SWEEP_KEY, {"status": "interrupted" if summary.unfinished else "finished"})
     if not summary.unfinished:
         journal.end_run(SWEEP_KEY, "FINISHED")
     return journal.flush(force=True)
+
+
+def selected_trials(callback: MlflowCallback) -> dict[str, str]:
+    """Group key -> the trial that `fishr-tune analyze` selects with training_domain, from the journaled records."""
+    import pandas as pd
+
+    from fishr_tune.analyze import RUN, selection_table
+    from fishr_tune.selection import select
+
+    rows = []
+    for key, points in callback.points.items():
+        meta = callback.meta.get(key)
+        if meta is None:
+            continue
+        args = {f"args.{name}": value for name, value in meta.items()}
+        rows.extend({**args, **{k: v for k, v in point.items() if k.startswith("env")}, "step": point["step"], RUN: key}
+                    for point in points)
+    if not rows:
+        return {}
+    chosen = select(selection_table(pd.DataFrame(rows)), "training_domain")
+    out = {}
+    for row in chosen.to_dict("records"):
+        group = f"{row['algorithm']}/te{row['test_env']}/ts{row['trial_seed']}"
+        out[group] = str(row[RUN])
+    return out

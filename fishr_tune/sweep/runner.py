@@ -17,6 +17,7 @@ import yaml
 from fishr_tune import records
 from fishr_tune.errors import ConfigError
 from fishr_tune.sweep.mlflow_callback import MlflowCallback, finish_sweep_run, open_journal
+from fishr_tune.sweep.mlflow_inputs import split_entities
 from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY, make_search
 from fishr_tune.sweep.spec import SweepSpec
 from fishr_tune.sweep.storage import SweepLocation
@@ -277,7 +278,7 @@ def check_experiment_dir(spec: SweepSpec, resume: bool) -> SweepLocation:
     if saved is not None:
         previous = yaml.safe_load(saved) or {}
         mine = _spec_snapshot(spec)
-        ignored = {"storage_path", "tracking_uri", "max_failures"}
+        ignored = {"storage_path", "tracking_uri", "max_failures", "description", "system_metrics"}
         changed = sorted(k for k in mine if k not in ignored and previous.get(k) != mine[k])
         if changed:
             raise ConfigError(f"--resume: the sweep in {location.uri} was started with different settings ({', '.join(changed)})")
@@ -382,6 +383,10 @@ def run_sweep(
     location = check_experiment_dir(spec, resume)
     settings = spec.settings
     datasets = build_datasets(spec)
+    inputs = {key: split_entities(dataset, int(key.split("=")[1]), settings.holdout_fraction) for key, dataset in datasets.items()}
+    first = next(iter(datasets.values()))
+    resolved = {"label_noise": first.info.get("label_noise", settings.label_noise), "data_source": first.source,
+                "storage_path": location.storage_path}
     started_ray = ensure_ray(address, num_cpus)
     try:
         dataset_refs = share_datasets(datasets)
@@ -395,12 +400,13 @@ def run_sweep(
             # (Ray's fake multi-node clusters in the tests) instead of failing there.
             "device": "auto" if settings.resources.gpu > 0 else "cpu",
             "cpus_per_trial": settings.resources.cpu,
+            "system_metrics": settings.system_metrics,
         }
         resources = {"cpu": settings.resources.cpu, "gpu": settings.resources.gpu}
         wrapped = tune.with_resources(tune.with_parameters(trainable, dataset_refs=dataset_refs, run=run_settings), resources)
         progress = ProgressCallback(spec, stream)
         journal = open_journal(spec, location.journal_dir)
-        mlflow_callback = MlflowCallback(spec, journal)
+        mlflow_callback = MlflowCallback(spec, journal, inputs, {**resolved, "tracking_uri": journal.tracking_uri})
         mlflow_callback.start_sweep_run()
         run_callbacks = [progress, mlflow_callback, *callbacks, KeepTrialLogsOnRetry()]
         if resume:

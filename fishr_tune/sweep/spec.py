@@ -120,6 +120,7 @@ class SweepFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1)
+    description: str | None = Field(None, description="shown as the MLflow experiment's description")
     dataset: str
     algorithms: list[str] = Field(min_length=1)
     test_envs: Literal["all", "pairs"] | list[StrictInt | list[StrictInt]] = Field(default_factory=lambda: [2])
@@ -137,6 +138,7 @@ class SweepFile(BaseModel):
     storage_path: str = "sweeps"
     tracking_uri: str = DEFAULT_TRACKING_URI
     max_failures: StrictInt = Field(2, ge=0)
+    system_metrics: bool = Field(False, description="log each trial's CPU, memory (and GPU) use as MLflow system metrics")
 
     @field_validator("name")
     @classmethod

@@ -76,14 +76,19 @@ def run_trial(
         with checkpoint.as_directory() as directory:
             trainer.load_checkpoint(Path(directory) / CHECKPOINT_FILE)
     start_step = trainer.step
+    system = None
+    if run.get("system_metrics"):
+        from fishr_tune.sweep.system_metrics import SystemMetrics
+
+        system = SystemMetrics()
     try:
         for record in trainer.records():
+            metrics = tune_metrics(record, config[GROUP_KEY], trainer.step, start_step)
+            if system is not None:
+                metrics.update(system.take())
             with tempfile.TemporaryDirectory() as directory:
                 trainer.save_checkpoint(Path(directory) / CHECKPOINT_FILE)
-                tune.report(
-                    tune_metrics(record, config[GROUP_KEY], trainer.step, start_step),
-                    checkpoint=tune.Checkpoint.from_directory(directory),
-                )
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
             if after_report is not None:
                 after_report(trainer.step)
     except NonFiniteLossError as error:
@@ -97,6 +102,9 @@ def run_trial(
             START_STEP: start_step,
             NODE_ID: ray.get_runtime_context().get_node_id(),
         })
+    finally:
+        if system is not None:
+            system.close()
 
 
 def sweep_trainable(config: dict[str, Any], dataset_refs: Mapping[str, Any], run: Mapping[str, Any]) -> None:

@@ -75,8 +75,9 @@ def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_r
     assert {"lambda", "ema", "lr"} <= set(fishr.data.params)
     assert fishr.data.tags["env2"] == "-90%" and fishr.data.tags["status"] == "finished"
     assert fishr.info.run_name.startswith("Fishr te2 ts0 ")
-    artifacts = [a.path for a in client.list_artifacts(fishr.info.run_id)]
-    assert any(path.endswith(".png") for path in artifacts)
+    for child in children:  # one path for every trial, so MLflow's compare view shows the plots side by side
+        assert [a.path for a in client.list_artifacts(child.info.run_id, "plots")] == ["plots/accuracy.png"]
+        assert len(client.get_run(child.info.run_id).inputs.dataset_inputs) == 6  # 3 environments x (in, out)
     # the training losses at every checkpoint: nll for every algorithm, the penalty for Fishr (ERM has none)
     checkpoints = [0, 40, 80, 119]
     for child in children:
@@ -89,6 +90,12 @@ def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_r
     assert records.PENALTY not in erm.data.metrics
     parent, _ = mlflow_runs(mlflow_server.uri, "mirror")
     assert parent.data.metrics["finished"] == 4 and parent.data.params["dataset"] == "ColoredMNIST-IRM"
+    # the settings as the sweep used them: the dataset's label noise, absolute storage path, the tracking URI
+    assert parent.data.params["label_noise"] == "0.25" and parent.data.params["tracking_uri"] == mlflow_server.uri
+    assert parent.data.params["storage_path"] == tiny_sweep["storage_path"] and Path(tiny_sweep["storage_path"]).is_absolute()
+    assert "embedded" in parent.data.params["data_source"]
+    selected = client.get_run(parent.data.tags["selected_run.Fishr_te2_ts0"])
+    assert selected.data.tags["algorithm"] == "Fishr"
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["mirror.yaml"]
     downloaded = client.download_artifacts(parent.info.run_id, "mirror.yaml", str(tmp_path / "downloaded"))
     assert Path(downloaded).read_text() == source.read_text()

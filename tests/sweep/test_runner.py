@@ -239,10 +239,11 @@ def test_asha_stops_the_bad_trial_of_each_group_at_a_rung(local_ray: Path, tmp_p
     client = MlflowClient(spec.settings.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("asha").experiment_id],
                               filter_string="tags.`fishr_tune.kind` = 'trial'")
-    statuses = {run.data.tags["ray_trial_id"]: run.data.tags["status"] for run in runs}
+    statuses = {run.data.tags["ray_trial_id"]: (run.data.tags["status"], run.info.status) for run in runs}
     assert len(statuses) == 6
-    for trial_id, status in statuses.items():
-        assert status == (f"stopped early at step {stopped[trial_id][1]}" if trial_id in stopped else "finished")
+    for trial_id, status in statuses.items():  # stopped runs are KILLED in MLflow, apart from the FINISHED ones
+        assert status == ((f"stopped early at step {stopped[trial_id][1]} by ASHA", "KILLED") if trial_id in stopped
+                          else ("finished", "FINISHED"))
 
 
 class InterruptAtAFinalRecord(tune.Callback):
