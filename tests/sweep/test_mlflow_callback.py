@@ -161,10 +161,11 @@ def test_the_parent_names_each_group_selection_with_flat_metrics_and_real_settin
     parent, runs = recorded_sweep["runs"]["parent"], recorded_sweep["runs"]
     assert all("/" not in name for name in parent.data.metrics)
     assert parent.data.metrics["best_val_acc_ERM_te2_ts0"] == 0.5
-    # training-domain selection: the best validation checkpoint over the group's runs (ties: earliest step, then run)
-    candidates = [(-r[records.VAL_ACC], r["step"], trial) for name, trial in (("full", "full0001"), ("cut", "cut00002"))
-                  for r in recorded_sweep["results"][name]]
-    expected = min(candidates)[2]
+    # training-domain selection as DomainBed's collect_results: each run's best validation, then the best run
+    # (ties: the run that sorts last, as DomainBed's sort-and-reverse picks)
+    best = [(max(r[records.VAL_ACC] for r in recorded_sweep["results"][name]), trial)
+            for name, trial in (("full", "full0001"), ("cut", "cut00002"))]
+    expected = max(best)[1]
     assert parent.data.tags[f"{SELECTED_RUN_TAG}ERM_te2_ts0"] == runs[expected].info.run_id
     assert parent.data.params["label_noise"] == "0.25"
     assert parent.data.params["storage_path"] == str(recorded_sweep["root"])
