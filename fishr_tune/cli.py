@@ -126,7 +126,7 @@ def reproduce() -> None:
 
 
 @reproduce.command("colored-mnist-irm")
-@click.option("--algorithms", default="ERM,IRM,VREx,Fishr", show_default=True, help="Comma-separated: ERM, IRM, VREx, Fishr, and the Table 6 variants Fishr-notcentered, Fishr-offdiagonal.")
+@click.option("--algorithms", default="ERM,IRM,VREx,Fishr,ERM-grayscale", show_default=True, help="Comma-separated: ERM, IRM, VREx, Fishr, the Table 6 variants Fishr-notcentered, Fishr-offdiagonal, and ERM-grayscale (IRM's Table 1 oracle: colour removed).")
 @click.option("--restarts", type=int, default=10, show_default=True, help="Restarts per algorithm (the paper: 10).")
 @click.option("--data-dir", help="Directory with MNIST/raw (torchvision layout). Default: $FISHR_TUNE_DATA, else the embedded 5,000 digits.")
 @click.option("--steps", type=int, default=501, show_default=True, help="Full-batch optimizer steps.")
