@@ -45,7 +45,7 @@ def main() -> None:
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of the settings below; flags override it.")
 @click.option("--dataset", help="ColoredMNIST-IRM (default), ColoredMNIST, RotatedMNIST, VLCS, PACS, OfficeHome, TerraIncognita or DomainNet.")
-@click.option("--algorithm", help="A registered algorithm: ERM (default), Fishr, IRM, VREx, CORAL, MMD, DANN, CDANN, Fish, GroupDRO or Mixup.")
+@click.option("--algorithm", help="A registered algorithm: ERM (default), Fishr, IRM, VREx, CORAL, MMD, DANN, CDANN, Fish, IDGM, GroupDRO or Mixup.")
 @click.option("--test-envs", help="Comma-separated held-out environment indices (default: 2).")
 @click.option("--hparams", "hparams_json", help='JSON object overriding hyperparameters, e.g. \'{"lambda": 1000}\'.')
 @click.option("--hparams-seed", type=int, help="0 (default): the registry's defaults; N>0: a random configuration.")
