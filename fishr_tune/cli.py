@@ -180,6 +180,29 @@ def reproduce_colored_mnist_irm(algorithms: str, restarts: int, data_dir: str | 
         click.echo(rep.FORMATS[output_format](reproduction))
 
 
+@reproduce.command("fish-linear")
+@click.option("--methods", default="ERM,IDGM,Fish,Fishr", show_default=True, help="Comma-separated: ERM, IDGM, Fish, Fishr.")
+@click.option("--steps", type=int, default=100, show_default=True, help="Full-batch Adam steps (the accuracies depend on it: see BENCHMARKS.md).")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Adam learning rate (every method).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the algorithms' random draws (the data is fixed).")
+@click.option("--n-per-domain", type=int, default=1000, show_default=True, help="Inputs per domain (a multiple of 100).")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@exits_2_on_bad_input
+def reproduce_fish_linear(methods: str, steps: int, lr: float, seed: int, n_per_domain: int, output_format: str) -> None:
+    """Shi et al. 2021's linear dataset (Figure 2 / Table 1): train/test accuracy and learned W, b beside the paper's."""
+    from fishr_tune import fish_linear as fl
+
+    names = fl.parse_methods(methods)
+    settings = fl.Settings(steps=steps, lr=lr, seed=seed, n_per_domain=n_per_domain)
+    settings.check()
+    fl.build_domains(n_per_domain)  # bad sizes fail here, before any training
+    results = fl.run(names, settings)
+    if output_format == "json":
+        click.echo(json.dumps(fl.to_json(results), indent=2))
+    else:
+        click.echo(fl.format_table(results, settings))
+
+
 @main.command()
 @click.argument("spec_file", type=click.Path(dir_okay=False))
 @click.option("--num-samples", type=int, help="Configurations per group (overrides search.num_samples).")
