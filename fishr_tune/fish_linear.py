@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fishr_tune.errors import ConfigError, unknown_name_error
+from fishr_tune.errors import ConfigError
 
 N_FEATURES = 4
 TRAIN_DOMAINS = (0, 1)
@@ -155,18 +155,9 @@ def train_method(method: str, domains: Sequence[LinearDomain], settings: Setting
 
 
 def parse_methods(text: str) -> list[str]:
-    by_lower = {name.lower(): name for name in METHODS}
-    names: list[str] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        if part.lower() not in by_lower:
-            raise unknown_name_error("method", part, METHODS)
-        if by_lower[part.lower()] not in names:
-            names.append(by_lower[part.lower()])
-    if not names:
-        raise ConfigError(f"--methods: expected a comma-separated list from {', '.join(METHODS)}, got {text!r}")
-    return names
+    from fishr_tune.reproduce import parse_name_list
+
+    return parse_name_list(text, METHODS, kind="method")
 
 
 def run(methods: Sequence[str], settings: Settings, log_every: int = 0,

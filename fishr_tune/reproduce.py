@@ -97,21 +97,26 @@ class ScriptConfig:
         return self.steps == PAPER_STEPS and self.label_noise == PAPER_LABEL_NOISE
 
 
-def parse_algorithms(text: str) -> list[str]:
-    """Comma-separated names, matched case-insensitively to ALGORITHMS (in the order given)."""
-    by_lower = {name.lower(): name for name in ALGORITHMS}
+def parse_name_list(text: str, valid: Sequence[str], kind: str = "algorithm") -> list[str]:
+    """Comma-separated names, matched case-insensitively to `valid` (in the order given, once each)."""
+    by_lower = {name.lower(): name for name in valid}
     names: list[str] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         if part.lower() not in by_lower:
-            raise unknown_name_error("algorithm", part, ALGORITHMS)
+            raise unknown_name_error(kind, part, valid)
         if by_lower[part.lower()] not in names:
             names.append(by_lower[part.lower()])
     if not names:
-        raise ConfigError(f"--algorithms: expected a comma-separated list from {', '.join(ALGORITHMS)}, got {text!r}")
+        raise ConfigError(f"--{kind}s: expected a comma-separated list from {', '.join(valid)}, got {text!r}")
     return names
+
+
+def parse_algorithms(text: str) -> list[str]:
+    """Comma-separated names, matched case-insensitively to ALGORITHMS (in the order given)."""
+    return parse_name_list(text, ALGORITHMS)
 
 
 def restart_seed(seed: int, restart: int) -> int:
