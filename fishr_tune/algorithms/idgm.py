@@ -27,14 +27,14 @@ def gradient_inner_product(domain_losses: Sequence[torch.Tensor], params: Sequen
     A parameter that a domain's loss does not reach contributes a zero gradient, not an error.
     """
     params = list(params)
+    if len(domain_losses) < 2:
+        return torch.zeros((), dtype=params[0].dtype, device=params[0].device)
     flat = []
     for loss in domain_losses:
         grads = torch.autograd.grad(loss, params, create_graph=True, retain_graph=True, allow_unused=True)
         flat.append(torch.cat([
             (torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)
         ]))
-    if len(flat) < 2:
-        return torch.zeros((), dtype=params[0].dtype, device=params[0].device)
     stacked = torch.stack(flat)
     gram = stacked @ stacked.T
     rows, cols = torch.triu_indices(len(flat), len(flat), offset=1)
