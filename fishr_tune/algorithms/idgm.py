@@ -44,7 +44,7 @@ def gradient_inner_product(domain_losses: Sequence[torch.Tensor], params: Sequen
 @register_algorithm("IDGM")
 class IDGM(AnnealedPenaltyERM):
     HPARAMS = {
-        "idgm_gamma": HParam(0.1, loguniform(-3, 1), "weight of the mean inter-domain gradient inner product (the paper's gamma)"),
+        "idgm_gamma": HParam(0.01, loguniform(-4, -1), "weight of the mean inter-domain gradient inner product (the paper's gamma)"),
         "idgm_penalty_anneal_iters": HParam(0, loguniform(0, 4, integer=True), "steps with weight 1.0 before gamma; Adam restarts then"),
     }
     LAMBDA = "idgm_gamma"

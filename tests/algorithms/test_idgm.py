@@ -29,7 +29,7 @@ def make_idgm(gamma: float, hidden_layers: int = 0, anneal: int = 0, n_features:
 def test_hyperparameters_have_a_search_distribution() -> None:
     space = hparam_space("IDGM", DATASET)
     gamma = space["idgm_gamma"]
-    assert gamma.dist.kind == "loguniform" and gamma.dist.bounds == pytest.approx((1e-3, 10.0))
+    assert gamma.dist.kind == "loguniform" and gamma.dist.bounds == pytest.approx((1e-4, 0.1))
     assert gamma.dist.bounds[0] <= gamma.default <= gamma.dist.bounds[1]
     anneal = space["idgm_penalty_anneal_iters"]
     assert anneal.default == 0 and anneal.dist.integer  # the paper's objective from the first step by default
