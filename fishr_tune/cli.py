@@ -45,7 +45,7 @@ def main() -> None:
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of the settings below; flags override it.")
 @click.option("--dataset", help="ColoredMNIST-IRM (default), ColoredMNIST, RotatedMNIST, VLCS, PACS, OfficeHome, TerraIncognita or DomainNet.")
-@click.option("--algorithm", help="A registered algorithm: ERM (default), Fishr, IRM, VREx, CORAL, MMD, DANN, CDANN, Fish, GroupDRO or Mixup.")
+@click.option("--algorithm", help="A registered algorithm: ERM (default), Fishr, IRM, VREx, CORAL, MMD, DANN, CDANN, Fish, IDGM, GroupDRO or Mixup.")
 @click.option("--test-envs", help="Comma-separated held-out environment indices (default: 2).")
 @click.option("--hparams", "hparams_json", help='JSON object overriding hyperparameters, e.g. \'{"lambda": 1000}\'.')
 @click.option("--hparams-seed", type=int, help="0 (default): the registry's defaults; N>0: a random configuration.")
@@ -126,7 +126,7 @@ def reproduce() -> None:
 
 
 @reproduce.command("colored-mnist-irm")
-@click.option("--algorithms", default="ERM,IRM,VREx,Fishr", show_default=True, help="Comma-separated: ERM, IRM, VREx, Fishr, and the Table 6 variants Fishr-notcentered, Fishr-offdiagonal.")
+@click.option("--algorithms", default="ERM,IRM,VREx,Fishr,ERM-grayscale", show_default=True, help="Comma-separated: ERM, IRM, VREx, Fishr, the Table 6 variants Fishr-notcentered, Fishr-offdiagonal, and ERM-grayscale (IRM's Table 1 oracle: colour removed).")
 @click.option("--restarts", type=int, default=10, show_default=True, help="Restarts per algorithm (the paper: 10).")
 @click.option("--data-dir", help="Directory with MNIST/raw (torchvision layout). Default: $FISHR_TUNE_DATA, else the embedded 5,000 digits.")
 @click.option("--steps", type=int, default=501, show_default=True, help="Full-batch optimizer steps.")
@@ -178,6 +178,29 @@ def reproduce_colored_mnist_irm(algorithms: str, restarts: int, data_dir: str | 
         click.echo(json.dumps(reproduction.to_json(), indent=2))
     else:
         click.echo(rep.FORMATS[output_format](reproduction))
+
+
+@reproduce.command("fish-linear")
+@click.option("--methods", default="ERM,IDGM,Fish,Fishr", show_default=True, help="Comma-separated: ERM, IDGM, Fish, Fishr.")
+@click.option("--steps", type=int, default=100, show_default=True, help="Full-batch Adam steps (the accuracies depend on it: see BENCHMARKS.md).")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Adam learning rate (every method).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the algorithms' random draws (the data is fixed).")
+@click.option("--n-per-domain", type=int, default=1000, show_default=True, help="Inputs per domain (a multiple of 100).")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@exits_2_on_bad_input
+def reproduce_fish_linear(methods: str, steps: int, lr: float, seed: int, n_per_domain: int, output_format: str) -> None:
+    """Shi et al. 2021's linear dataset (Figure 2 / Table 1): train/test accuracy and learned W, b beside the paper's."""
+    from fishr_tune import fish_linear as fl
+
+    names = fl.parse_methods(methods)
+    settings = fl.Settings(steps=steps, lr=lr, seed=seed, n_per_domain=n_per_domain)
+    settings.check()
+    fl.build_domains(n_per_domain)  # bad sizes fail here, before any training
+    results = fl.run(names, settings)
+    if output_format == "json":
+        click.echo(json.dumps(fl.to_json(results), indent=2))
+    else:
+        click.echo(fl.format_table(results, settings))
 
 
 @main.command()

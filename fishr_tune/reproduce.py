@@ -12,6 +12,11 @@ differences (DomainBed averages them), and the penalty weight below was tuned fo
 Two Fishr variants of the paper's Table 6 (Appendix C.2.4) follow the script's ``compute_grads_variance``:
 Fishr-notcentered (the gradients' second moment, not centred) and Fishr-offdiagonal (each head parameter
 tensor's full centred covariance, divided by n * p_t). The paper's numbers for them are not embedded (n/a).
+
+ERM-grayscale is the IRM paper's Table 1 oracle (its script's ``--grayscale_model``): ERM whose model never sees
+the colour, since it adds the two colour channels before the MLP (14x14 inputs). It is shown beside IRM's Table 1
+numbers, with that table's hypothetical optimal invariant model (75 / 75: the label noise caps what the digit
+shape alone can predict) as a reference line.
 """
 
 from __future__ import annotations
@@ -53,7 +58,17 @@ FISHR_VARIANTS: dict[str, tuple[bool, bool]] = {
     "Fishr-notcentered": (False, False),
     "Fishr-offdiagonal": (True, True),
 }
-ALGORITHMS: tuple[str, ...] = (*PAPER_TABLE2, *(name for name in FISHR_VARIANTS if name not in PAPER_TABLE2))
+GRAYSCALE_ORACLE = "ERM-grayscale"
+# Table 1 of the IRM paper (Arjovsky et al. 2019): the grayscale ERM oracle row and the hypothetical optimum.
+IRM_TABLE1: dict[str, dict[str, tuple[float, float]]] = {
+    GRAYSCALE_ORACLE: {"train_acc": (73.5, 0.2), "test_acc": (73.0, 0.4)},
+}
+OPTIMAL_INVARIANT_PERCENT: dict[str, float] = {"train_acc": 75.0, "test_acc": 75.0}
+ALGORITHMS: tuple[str, ...] = (
+    *PAPER_TABLE2, *(name for name in FISHR_VARIANTS if name not in PAPER_TABLE2), GRAYSCALE_ORACLE,
+)
+DEFAULT_ALGORITHMS: tuple[str, ...] = (*PAPER_TABLE2, GRAYSCALE_ORACLE)
+UNPENALIZED: tuple[str, ...] = ("ERM", GRAYSCALE_ORACLE)
 METRICS: tuple[str, ...] = ("train_acc", "test_acc", "gray_test_acc")
 
 ProgressCallback = Callable[[str], None]
@@ -82,21 +97,26 @@ class ScriptConfig:
         return self.steps == PAPER_STEPS and self.label_noise == PAPER_LABEL_NOISE
 
 
-def parse_algorithms(text: str) -> list[str]:
-    """Comma-separated names, matched case-insensitively to ALGORITHMS (in the order given)."""
-    by_lower = {name.lower(): name for name in ALGORITHMS}
+def parse_name_list(text: str, valid: Sequence[str], kind: str = "algorithm") -> list[str]:
+    """Comma-separated names, matched case-insensitively to `valid` (in the order given, once each)."""
+    by_lower = {name.lower(): name for name in valid}
     names: list[str] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         if part.lower() not in by_lower:
-            raise unknown_name_error("algorithm", part, ALGORITHMS)
+            raise unknown_name_error(kind, part, valid)
         if by_lower[part.lower()] not in names:
             names.append(by_lower[part.lower()])
     if not names:
-        raise ConfigError(f"--algorithms: expected a comma-separated list from {', '.join(ALGORITHMS)}, got {text!r}")
+        raise ConfigError(f"--{kind}s: expected a comma-separated list from {', '.join(valid)}, got {text!r}")
     return names
+
+
+def parse_algorithms(text: str) -> list[str]:
+    """Comma-separated names, matched case-insensitively to ALGORITHMS (in the order given)."""
+    return parse_name_list(text, ALGORITHMS)
 
 
 def restart_seed(seed: int, restart: int) -> int:
@@ -104,18 +124,31 @@ def restart_seed(seed: int, restart: int) -> int:
     return seed * 1000 + restart
 
 
-class IrmMLP(nn.Module):
-    """The script's model: MLP body (2x14x14 -> 390 -> 390, ReLU) and a single-logit linear head, Xavier/zero init."""
+def remove_color(x: torch.Tensor) -> torch.Tensor:
+    """(N, 2, H, W) -> (N, H, W): the digit without its colour, the grayscale oracle's only view of an image.
 
-    def __init__(self, n_inputs: int = 2 * 14 * 14, hidden_dim: int = 390):
+    A coloured digit has one channel zeroed, so this equals the IRM script's channel sum on every coloured image;
+    the maximum (not the sum) also gives the same digit for the gray copy, whose two channels both hold it.
+    """
+    return x.amax(dim=1)
+
+
+class IrmMLP(nn.Module):
+    """The script's model: MLP body (2x14x14 -> 390 -> 390, ReLU) and a single-logit linear head, Xavier/zero init.
+
+    `grayscale` is the script's grayscale model: colour removed before the body, which then has H*W inputs.
+    """
+
+    def __init__(self, n_inputs: int = 2 * 14 * 14, hidden_dim: int = 390, grayscale: bool = False):
         super().__init__()
-        self.body = MLP(n_inputs, hidden_dim, hidden_layers=2)
+        self.grayscale = grayscale
+        self.body = MLP(n_inputs // 2 if grayscale else n_inputs, hidden_dim, hidden_layers=2)
         self.classifier = nn.Linear(hidden_dim, 1)
         nn.init.xavier_uniform_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.body(x)
+        features = self.body(remove_color(x) if self.grayscale else x)
         return features, self.classifier(features)
 
 
@@ -178,7 +211,7 @@ def training_loss(
     weight_norm = sum(w.pow(2).sum() for w in model.parameters())
     loss = train_nll + config.l2_regularizer_weight * weight_norm
     penalty = torch.zeros(())
-    if algorithm != "ERM":
+    if algorithm not in UNPENALIZED:
         if algorithm == "IRM":
             penalty = torch.stack([irm_penalty(lg, y) for lg, y in zip(env_logits, envs_y)]).mean()
         elif algorithm == "VREx":
@@ -230,7 +263,7 @@ def train_restart(
     envs = dataset.environments
     envs_x = [envs[i].x for i in TRAIN_ENVS]
     envs_y = [envs[i].y for i in TRAIN_ENVS]
-    model = IrmMLP(math.prod(dataset.input_shape), config.hidden_dim)
+    model = IrmMLP(math.prod(dataset.input_shape), config.hidden_dim, grayscale=algorithm == GRAYSCALE_ORACLE)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     history: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -321,9 +354,15 @@ class Reproduction:
             "complete": self.complete,
             "results": [asdict(r) for r in self.results],
             "summary_percent": self.summary_percent(),
-            "paper_percent": {a: {m: {"mean": v[0], "std": v[1]} for m, v in PAPER_TABLE2[a].items()}
-                              for a in self.algorithms if a in PAPER_TABLE2},
+            "paper_percent": {a: {m: {"mean": v[0], "std": v[1]} for m, v in paper_numbers(a).items()}
+                              for a in self.algorithms if paper_numbers(a)},
+            "reference_percent": {"optimal_invariant": dict(OPTIMAL_INVARIANT_PERCENT)},
         }
+
+
+def paper_numbers(algorithm: str) -> dict[str, tuple[float, float]]:
+    """The published (mean, std) per metric: Fishr's Table 2, or IRM's Table 1 for the grayscale oracle."""
+    return PAPER_TABLE2.get(algorithm) or IRM_TABLE1.get(algorithm) or {}
 
 
 ResultCallback = Callable[[RestartResult, int, int, Reproduction], None]
@@ -438,15 +477,18 @@ def table_rows(reproduction: Reproduction) -> tuple[list[str], list[list[str]]]:
     rows = []
     for algorithm in summary:
         ours = summary[algorithm]
-        paper = PAPER_TABLE2.get(algorithm, {})
-        show_paper = paper_setting and bool(paper)
+        paper = paper_numbers(algorithm) if paper_setting else {}
         row = [algorithm, str(ours["train_acc"]["n"])]
         for metric in METRICS:
             row.append(_cell(ours[metric]["mean"], ours[metric]["std"]))
-            row.append(_cell(*paper[metric]) if show_paper else "n/a")
+            row.append(_cell(*paper[metric]) if metric in paper else "n/a")
             if metric == "test_acc":
-                row.append(f"{ours[metric]['mean'] - paper[metric][0]:+.1f}" if show_paper else "n/a")
+                row.append(f"{ours[metric]['mean'] - paper[metric][0]:+.1f}" if metric in paper else "n/a")
         rows.append(row)
+    if paper_setting:
+        optimum = OPTIMAL_INVARIANT_PERCENT
+        rows.append(["Optimal invariant (hypothetical)", "-", "-", f"{optimum['train_acc']:.1f}", "-",
+                     f"{optimum['test_acc']:.1f}", "-", "-", "-"])
     return header, rows
 
 
@@ -457,10 +499,15 @@ def notes(reproduction: Reproduction) -> list[str]:
         lines.append(f"Label noise {config.label_noise:g}: Table 2 uses 0.25, so its numbers are not shown.")
     if config.steps != PAPER_STEPS:
         lines.append(f"{config.steps} steps: the paper trains {PAPER_STEPS}, so the comparison is indicative only.")
-    variants = [a for a in reproduction.algorithms if a not in PAPER_TABLE2]
+    variants = [a for a in reproduction.algorithms if a in FISHR_VARIANTS and a not in PAPER_TABLE2]
     if variants:
         lines.append(f"{', '.join(variants)}: Table 6 variants (official script's definitions); their paper numbers "
                      "are not embedded.")
+    if GRAYSCALE_ORACLE in reproduction.algorithms:
+        lines.append(f"{GRAYSCALE_ORACLE}: IRM paper's Table 1 oracle (ERM on colour-free 14x14 digits), beside that "
+                     "table's numbers (it reports no gray test).")
+    if config.label_noise == PAPER_LABEL_NOISE:
+        lines.append("Optimal invariant (hypothetical): IRM Table 1; with 25% label noise the digit alone gives 75%.")
     return lines
 
 

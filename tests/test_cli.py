@@ -82,7 +82,7 @@ def test_train_help_names_every_registered_algorithm() -> None:
     assert sorted(set(ALGORITHMS) - named) == []
 
 
-@pytest.mark.parametrize("algorithm", ["CORAL", "MMD", "DANN", "CDANN", "Fish", "GroupDRO", "Mixup"])
+@pytest.mark.parametrize("algorithm", ["CORAL", "MMD", "DANN", "CDANN", "Fish", "IDGM", "GroupDRO", "Mixup"])
 def test_every_baseline_trains_through_the_cli(tmp_path, algorithm: str) -> None:
     out = tmp_path / "run"
     result = invoke("train", "--algorithm", algorithm, "--steps", "4", "--checkpoint-freq", "2", "--output-dir", str(out))

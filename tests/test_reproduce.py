@@ -220,7 +220,8 @@ def test_label_noise_other_than_table2_hides_papers_numbers_and_partial_saves_ar
     "args, message",
     [
         (["--algorithms", "ERM,Foo"],
-         "unknown algorithm 'Foo'; valid algorithms: ERM, Fishr, Fishr-notcentered, Fishr-offdiagonal, IRM, VREx"),
+         "unknown algorithm 'Foo'; valid algorithms: ERM, ERM-grayscale, Fishr, Fishr-notcentered, Fishr-offdiagonal, "
+         "IRM, VREx"),
         (["--restarts", "0"], "--restarts"),
         (["--label-noise", "1.5"], "--label-noise"),
         (["--steps", "0"], "--steps"),
@@ -256,3 +257,71 @@ def test_through_local_ray_matches_in_process(tmp_path: Path, monkeypatch) -> No
         assert (a.algorithm, a.restart) == (b.algorithm, b.restart)
         assert a.history[-1]["train_nll"] == pytest.approx(b.history[-1]["train_nll"], rel=1e-5)
         assert a.test_acc == b.test_acc
+
+
+# ---------------------------------------------------------------- IRM Table 1: the grayscale ERM oracle
+
+
+def test_grayscale_oracle_sees_the_digit_without_its_colour() -> None:
+    """The oracle's view of a coloured image is the (subsampled) digit itself, whatever the colour: swapping the
+    colour channels changes nothing, and the test environment and its gray copy (same digits) look identical."""
+    from fishr_tune.data.sources import load_mnist
+
+    dataset = rep.build_restart_dataset(0, None, 0.25)
+    envs = dataset.environments
+    assert [env.name for env in envs] == ["+80%", "+90%", "-90%", "gray"]
+    test, gray = envs[rep.TEST_ENV], envs[rep.GRAY_TEST_ENV]
+    for env in (envs[0], test):
+        assert (env.x.amin(dim=1) == 0).all()  # coloured: one channel is empty everywhere
+        assert (env.x.amax(dim=(2, 3)) > 0).sum(dim=1).eq(1).all()
+        view = rep.remove_color(env.x)
+        assert view.shape == (len(env), 14, 14)
+        assert torch.equal(view, rep.remove_color(env.x.flip(1)))  # the other colour: the same input
+        assert torch.equal(view, env.x.sum(dim=1))  # the IRM script's channel sum, on coloured digits
+    assert torch.equal(gray.x[:, 0], gray.x[:, 1])
+    assert torch.equal(rep.remove_color(test.x), rep.remove_color(gray.x))
+    digits = load_mnist(None, False)
+    cut = len(digits.train_labels) * 5 // 6
+    expected = digits.train_images[cut:][:, ::2, ::2].float() / 255.0
+    torch.testing.assert_close(rep.remove_color(test.x), expected, rtol=0, atol=0)
+
+
+def test_grayscale_model_ignores_colour_and_trains_without_penalty(small_problem) -> None:
+    torch.manual_seed(0)
+    model = rep.IrmMLP(n_inputs=2 * 3 * 3, hidden_dim=5, grayscale=True)
+    assert [tuple(p.shape) for p in model.body.parameters()][0] == (5, 9)
+    colours = torch.randint(2, (6,))
+    digits = torch.rand(6, 3, 3)
+    x = torch.zeros(6, 2, 3, 3)
+    x[torch.arange(6), colours] = digits
+    torch.testing.assert_close(model(x)[1], model(x.flip(1))[1], rtol=0, atol=0)
+    assert not torch.equal(model(x)[1], model(2 * x)[1])  # it does read the digit
+    envs_x, envs_y = [x[:3], x[3:]], [torch.tensor([0, 1, 1]), torch.tensor([1, 0, 0])]
+    out = rep.training_loss(rep.GRAYSCALE_ORACLE, model, envs_x, envs_y, 300, rep.ScriptConfig())
+    nll = torch.stack([_hand_bce(model(x)[1].reshape(-1), y).mean() for x, y in zip(envs_x, envs_y)]).mean()
+    l2 = sum(p.pow(2).sum() for p in model.parameters())
+    torch.testing.assert_close(out.loss, nll + 0.00110794568 * l2)
+    assert out.penalty == 0.0
+
+
+def test_oracle_row_shows_irm_table1_and_the_optimal_invariant_line(tmp_path: Path) -> None:
+    output = tmp_path / "oracle.json"
+    result = _invoke("--algorithms", "ERM-grayscale", "--restarts", "1", "--steps", "3", "--no-ray", "--output", str(output))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Algorithm"))
+    oracle, optimum = lines[start + 2], lines[start + 3]
+    assert oracle.startswith("ERM-grayscale ") and "73.5 ± 0.2" in oracle and "73.0 ± 0.4" in oracle
+    assert oracle.rstrip().endswith("n/a")  # IRM's Table 1 has no gray test
+    assert optimum.startswith("Optimal invariant (hypothetical)") and optimum.split()[-6:-4] == ["75.0", "-"]
+    saved = json.loads(output.read_text())
+    assert saved["paper_percent"] == {"ERM-grayscale": {"train_acc": {"mean": 73.5, "std": 0.2},
+                                                        "test_acc": {"mean": 73.0, "std": 0.4}}}
+    assert saved["reference_percent"]["optimal_invariant"] == {"train_acc": 75.0, "test_acc": 75.0}
+
+
+def test_default_algorithms_include_the_oracle() -> None:
+    from fishr_tune.cli import reproduce_colored_mnist_irm
+
+    default = next(p.default for p in reproduce_colored_mnist_irm.params if p.name == "algorithms")
+    assert rep.parse_algorithms(default) == ["ERM", "IRM", "VREx", "Fishr", "ERM-grayscale"]
