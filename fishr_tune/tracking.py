@@ -23,6 +23,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from fishr_tune import records
+from fishr_tune.files import write_text_atomically
+
 JOURNAL_FILE = "journal.jsonl"
 SENT_FILE = "sent"
 RUNS_FILE = "runs.json"
@@ -73,10 +76,7 @@ class MlflowJournal:
     # --- journaling (never touches the network) -------------------------------------------------------------
 
     def _append(self, operation: dict[str, Any]) -> None:
-        with open(self.directory / JOURNAL_FILE, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(operation, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        records.append_line(self.directory / JOURNAL_FILE, json.dumps(operation, sort_keys=True))
 
     def start_run(
         self, key: str, name: str, parent: str | None = None, params: Mapping[str, Any] | None = None,
@@ -108,14 +108,9 @@ class MlflowJournal:
         path = self.directory / JOURNAL_FILE
         if not path.exists():
             return []
-        lines = path.read_text(encoding="utf-8").splitlines()
-        ops = []
-        for line in lines:
-            try:
-                ops.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line: the writer died mid-append
-        return ops
+        # A torn or garbled line is skipped with a warning and never hides the operations after it. The sent count
+        # indexes this list, so an append repairs a torn tail (set aside, never parsed) without shifting any index.
+        return [op for op in records.read_lines(path) if isinstance(op.get("op"), str) and "key" in op]
 
     def sent_count(self) -> int:
         path = self.directory / SENT_FILE
@@ -125,18 +120,14 @@ class MlflowJournal:
         return len(self.operations()) - self.sent_count()
 
     def _mark_sent(self, count: int) -> None:
-        tmp = self.directory / (SENT_FILE + ".tmp")
-        tmp.write_text(str(count), encoding="utf-8")
-        os.replace(tmp, self.directory / SENT_FILE)
+        write_text_atomically(self.directory / SENT_FILE, str(count))
 
     def _runs(self) -> dict[str, str]:
         path = self.directory / RUNS_FILE
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
     def _save_runs(self, runs: Mapping[str, str]) -> None:
-        tmp = self.directory / (RUNS_FILE + ".tmp")
-        tmp.write_text(json.dumps(dict(runs), sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.directory / RUNS_FILE)
+        write_text_atomically(self.directory / RUNS_FILE, json.dumps(dict(runs), sort_keys=True))
 
     def run_id(self, key: str) -> str | None:
         return self._runs().get(key)
