@@ -102,6 +102,10 @@ class MlflowJournal:
     def end_run(self, key: str, status: str = "FINISHED") -> None:
         self._append({"op": "end", "key": key, "status": status})
 
+    def adopt_run(self, key: str, previous: str, tags: Mapping[str, Any] | None = None) -> None:
+        """`key` continues the run of `previous` (the same configuration under a new Ray trial id): one run, RUNNING."""
+        self._append({"op": "adopt", "key": key, "from": previous, "tags": {k: str(v) for k, v in (tags or {}).items()}})
+
     # --- sending ------------------------------------------------------------------------------------------------
 
     def operations(self) -> list[dict[str, Any]]:
@@ -209,6 +213,15 @@ class MlflowJournal:
         elif op["op"] == "artifact":
             if Path(op["path"]).exists():
                 client.log_artifact(runs[key], op["path"], op["artifact_path"])
+        elif op["op"] == "adopt":
+            run_id = (runs.get(key) or runs.get(op["from"]) or self._find_run(client, experiment_id, key)
+                      or self._find_run(client, experiment_id, op["from"]))
+            if run_id is None:
+                raise ValueError(f"journal: run {op['from']!r} to adopt for {key!r} was never started")
+            client.update_run(run_id, status="RUNNING")
+            client.log_batch(run_id, tags=[RunTag(KEY_TAG, key), *(RunTag(k, v) for k, v in op["tags"].items())])
+            runs[key] = run_id
+            self._save_runs(runs)
         elif op["op"] == "end":
             client.set_terminated(runs[key], status=op["status"])
         else:

@@ -7,6 +7,7 @@ therefore its MLflow run; a (trial, step) already journaled is never journaled a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -32,6 +33,10 @@ FLUSH_INTERVAL_S = 2.0
 # The trial's args (seed, steps, label_noise, ...) as its first record held them, plus the sweep's data_dir:
 # what `fishr-tune analyze --best-config` needs to write a config that reruns the trial.
 ARGS_TAG = "fishr_tune.args"
+# A digest of the trial's config (group, sample index, seed, hyperparameters): after a driver crash Tune may re-create
+# a trial it had not yet saved under a new id; the same digest lets the new trial continue the old trial's run.
+CONFIG_TAG = "fishr_tune.config"
+NOTE_TAG = "fishr_tune.note"
 
 
 def resolve_tracking_uri(uri: str) -> str:
@@ -44,6 +49,11 @@ def resolve_tracking_uri(uri: str) -> str:
 
 def open_journal(spec: SweepSpec, journal_dir: Path) -> MlflowJournal:
     return MlflowJournal(journal_dir, resolve_tracking_uri(spec.settings.tracking_uri), spec.name)
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
 def trial_run_name(config: dict[str, Any], trial_id: str) -> str:
@@ -61,14 +71,38 @@ class MlflowCallback(Callback):
         self.args_tagged: set[str] = set()
         self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
+        self.ended: set[str] = set()
+        self.digests: dict[str, str] = {}  # trial key -> config digest
+        self.adoptable: dict[str, str] = {}  # config digest -> key of a run closed as KILLED, not yet re-adopted
+        self._reconciled = False
         for op in journal.operations():  # a resumed driver: what is journaled already stays journaled once
+            key = op["key"]
             if op["op"] == "start":
-                self.started.add(op["key"])
+                self.started.add(key)
+                self.ended.discard(key)
+                if CONFIG_TAG in op.get("tags", {}):
+                    self.digests[key] = op["tags"][CONFIG_TAG]
+            elif op["op"] == "adopt":
+                previous = op["from"]
+                self.started.add(key)
+                self.ended.discard(key)
+                self.logged[key] |= self.logged[previous]
+                self.points[key] = [*self.points[previous], *self.points[key]]
+                self.args_tagged |= {key} if previous in self.args_tagged else set()
+                if previous in self.digests:
+                    self.digests[key] = self.digests[previous]
+                    self.adoptable.pop(self.digests[previous], None)
+            elif op["op"] == "end":
+                self.ended.add(key)
+                if op.get("status") == "KILLED" and key in self.digests:
+                    self.adoptable[self.digests[key]] = key
+                else:
+                    self.adoptable = {d: k for d, k in self.adoptable.items() if k != key}
             elif op["op"] == "tags" and ARGS_TAG in op["tags"]:
-                self.args_tagged.add(op["key"])
+                self.args_tagged.add(key)
             elif op["op"] == "metrics":
-                self.logged[op["key"]].add(op["step"])
-                self.points[op["key"]].append({"step": op["step"], **op["metrics"]})
+                self.logged[key].add(op["step"])
+                self.points[key].append({"step": op["step"], **op["metrics"]})
 
     def __getstate__(self) -> dict[str, Any]:
         return {"spec": self.spec, "journal_dir": str(self.journal.directory), "uri": self.journal.tracking_uri}
@@ -114,17 +148,57 @@ class MlflowCallback(Callback):
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         self.stop_flusher()
 
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if not self._reconciled:
+            self._reconciled = True
+            self.reconcile(trials)
+
+    def reconcile(self, trials: list[Any]) -> None:
+        """After a resume: close the runs of trials that Tune no longer knows, and those Tune holds as done.
+
+        A driver killed before Tune saved its state loses the trials it created since; Tune re-creates them under
+        new ids. Their runs are closed as KILLED with a note, and re-adopted (on_trial_start) by the trial that
+        brings back the same configuration, so each configuration keeps one run and none stays RUNNING.
+        """
+        known = {trial.trial_id: trial for trial in trials}
+        for key in sorted(self.started - self.ended - {SWEEP_KEY}):
+            trial = known.get(key)
+            if trial is None:
+                self.journal.set_tags(key, {"status": "killed: lost with the driver", NOTE_TAG: (
+                    "Ray Tune no longer knows this trial after --resume (the driver died before saving it); "
+                    "a trial with the same configuration continues this run")})
+                self.journal.end_run(key, "KILLED")
+                self.ended.add(key)
+                if key in self.digests:
+                    self.adoptable[self.digests[key]] = key
+            elif trial.status == "TERMINATED":
+                self.on_trial_complete(0, trials, trial)
+            elif trial.status == "ERROR":
+                self.on_trial_error(0, trials, trial)
+
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         config = trial.config
         key = trial.trial_id
+        digest = config_digest(config)
+        previous = self.adoptable.pop(digest, None) if key not in self.started else None
         if key in self.started:
             self.journal.set_tags(key, {"status": "running"})
+        elif previous is not None:
+            self.journal.adopt_run(key, previous, tags={"ray_trial_id": key, "status": "running", NOTE_TAG: (
+                f"continues the run of Ray trial {previous}, which Tune re-created under this id after --resume")})
+            self.started.add(key)
+            self.ended.discard(key)
+            self.digests[key] = digest
+            self.logged[key] |= self.logged[previous]  # the same configuration replays the same records: log them once
+            self.points[key] = list(self.points[previous])
+            if previous in self.args_tagged:
+                self.args_tagged.add(key)
         else:
             dataset = config["dataset"]
             tags = {
                 "dataset": dataset, "algorithm": config["algorithm"], "test_envs": json.dumps(list(config["test_envs"])),
                 "trial_seed": config["trial_seed"], "group": config.get(GROUP_KEY, ""), "ray_trial_id": key,
-                "status": "running", "fishr_tune.kind": "trial",
+                "status": "running", "fishr_tune.kind": "trial", CONFIG_TAG: digest,
             }
             for i, name in enumerate(DATASET_ENVIRONMENTS.get(dataset, ())):
                 tags[f"env{i}"] = name
@@ -132,6 +206,7 @@ class MlflowCallback(Callback):
                                      config.get("hparams", {}))
             self.journal.start_run(key, trial_run_name(config, key), parent=SWEEP_KEY, params=params, tags=tags)
             self.started.add(key)
+            self.digests[key] = digest
         self._ensure_flusher()
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
@@ -169,6 +244,7 @@ class MlflowCallback(Callback):
             self.journal.log_artifact(key, plot)
         self.journal.set_tags(key, {"status": status})
         self.journal.end_run(key, mlflow_status)
+        self.ended.add(key)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
