@@ -237,3 +237,66 @@ def test_resume_re_adopts_or_closes_the_runs_of_trials_tune_lost(tiny_sweep, tmp
     third = MlflowCallback(spec, open_journal(spec, journal_dir))  # the journal alone rebuilds who owns what
     assert third.logged["anew_00004"] == {0, 40, 80, 119} and third.adoptable == {
         third.digests["gone_00003"]: "gone_00003"}
+
+
+DRIVER = '''
+import json, os, signal, sys
+from ray import tune
+from ray.tune.execution.tune_controller import TuneController
+from fishr_tune.sweep.runner import run_sweep
+from fishr_tune.sweep.spec import build_spec
+
+values, mode = json.loads(sys.argv[1]), sys.argv[2]
+callbacks = []
+if mode == "kill":
+    original = TuneController.checkpoint
+
+    def checkpoint(self, force=False, wait=False):  # Tune's saved state never gets to name a third trial
+        if len(self._trials) <= 2:
+            original(self, force=force, wait=wait)
+
+    TuneController.checkpoint = checkpoint
+
+    class KillDriver(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if len(trials) >= 3 and trial.trial_id == trials[2].trial_id and result.get("step") == 40:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    callbacks = [KillDriver()]
+summary = run_sweep(build_spec(values, "test.yaml"), resume=mode == "resume", num_cpus=2, callbacks=callbacks,
+                    stream=open(os.devnull, "w"))
+print(json.dumps({"finished": summary.finished, "trials": summary.trials, "unfinished": summary.unfinished}))
+'''
+
+
+@pytest.mark.slow
+def test_driver_sigkill_then_resume_leaves_one_run_per_configuration_and_none_running(tiny_sweep, tmp_path) -> None:
+    import subprocess
+    import tempfile
+
+    values = {**tiny_sweep, "name": "killed"}
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rk", dir="/tmp"), "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    env.pop("RAY_ADDRESS", None)
+
+    def drive(mode: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), json.dumps(values), mode], env=env, capture_output=True,
+                              text=True, timeout=900)
+
+    killed = drive("kill")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    uri = values["tracking_uri"]
+    _, before = mlflow_runs(uri, "killed")
+    assert len(before) == 3 and any(r.info.status == "RUNNING" for r in before)
+    resumed = drive("resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(resumed.stdout.strip().splitlines()[-1]) == {"finished": 4, "trials": 4, "unfinished": 0}
+    client = MlflowClient(uri)
+    parent, children = mlflow_runs(uri, "killed")
+    assert len(children) == 4, [(c.data.tags["ray_trial_id"], c.info.status) for c in children]
+    assert len({c.data.tags["fishr_tune.config"] for c in children}) == 4  # one run per configuration
+    assert [c.info.status for c in children] == ["FINISHED"] * 4 and parent.info.status == "FINISHED"
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, records.VAL_ACC)] == [0, 40, 80, 119]
+    assert any("continues the run of Ray trial" in c.data.tags.get("fishr_tune.note", "") for c in children)
