@@ -54,16 +54,6 @@ def from_results_dirs(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _read_json_lines(path: Path) -> Iterable[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn line from a run that died mid-write
-
-
 def from_ray_results(root: Path) -> pd.DataFrame:
     """Ray Tune trial directories (result.json per trial): the reported metrics are flattened records.
 
@@ -73,7 +63,7 @@ def from_ray_results(root: Path) -> pd.DataFrame:
     """
     rows = []
     for path in sorted(root.rglob(RAY_RESULT_FILE)):
-        for result in _read_json_lines(path):
+        for result in records.read_lines(path):  # torn or garbled lines skipped with a warning, not fatal
             if "step" not in result or not any(str(k).startswith("env") for k in result):
                 continue  # a failure report or a result that is not a record
             row = {k: v for k, v in result.items() if k in ("step", "epoch", "val_acc") or k.startswith(

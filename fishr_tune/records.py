@@ -7,11 +7,14 @@ Every other module imports the names and helpers from here instead of spelling t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from fishr_tune.files import write_text_atomically
 
 STEP = "step"
 EPOCH = "epoch"
@@ -105,38 +108,144 @@ def dumps(record: Mapping[str, Any]) -> str:
 
 def append(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
     """Append one record and flush it to disk, so a crash loses at most the record being written."""
+    append_line(path, dumps(record))
+
+
+# --- JSON Lines that survive torn writes -------------------------------------------------------------------------
+# One reader and one appender for every JSON-lines file the project reads or writes: results.jsonl, Ray Tune's
+# result.json, the MLflow journal. A writer that dies mid-line leaves a torn last line; the next append would glue
+# its line onto it, and a reader that stops at the first bad line would then hide everything written afterwards.
+
+log = logging.getLogger(__name__)
+TORN_SUFFIX = ".torn"
+_SALVAGE_ATTEMPTS = 1000
+
+
+def _object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _salvage(text: str) -> dict[str, Any] | None:
+    """The complete object that follows a torn one on the same line (what an appender that did not repair leaves)."""
+    decoder = json.JSONDecoder()
+    start = text.find("{", 1)
+    for _ in range(_SALVAGE_ATTEMPTS):
+        if start < 0:
+            return None
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except ValueError:
+            value, end = None, -1
+        if isinstance(value, dict) and text[end:].strip() == "":
+            return value
+        start = text.find("{", start + 1)
+    return None
+
+
+def _describe(line: bytes) -> str:
+    return f"{len(line)} bytes" if len(line) > 60 else repr(line.decode("utf-8", errors="replace"))
+
+
+def read_lines(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every JSON object of a JSON-lines file, in order.
+
+    A line that is not a JSON object (torn, garbled, not UTF-8) is skipped with a warning naming the file and the
+    line; the lines after it are read as usual. A line that holds a torn object followed by a complete one keeps
+    the complete one.
+    """
+    data = Path(path).read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    found: list[dict[str, Any]] = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            log.warning("%s:%d: skipped a line that is not UTF-8 (%d bytes)", path, number, len(raw))
+            continue
+        value = _object(text)
+        if value is not None:
+            found.append(value)
+            continue
+        salvaged = _salvage(text)
+        last = number == len(lines) and not data.endswith(b"\n")
+        what = "a torn last line" if last else "a line that is not a JSON object"
+        if salvaged is not None:
+            log.warning("%s:%d: %s; kept the complete record that follows it on the same line", path, number, what)
+            found.append(salvaged)
+        else:
+            log.warning("%s:%d: skipped %s (%s)", path, number, what, _describe(raw))
+    return found
+
+
+def repair_tail(path: str | os.PathLike[str]) -> None:
+    """Make the file end with a complete line before anything is appended to it.
+
+    A last line without its newline is completed if it is a whole JSON object, else moved to `<file>.torn` (kept,
+    not deleted) and cut off, with a warning naming the file and the line.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    with open(path, "rb+") as handle:
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        handle.seek(0)
+        data = handle.read()
+        cut = data.rfind(b"\n") + 1
+        tail = data[cut:]
+        number = data.count(b"\n") + 1
+        try:
+            complete = _object(tail.decode("utf-8")) is not None
+        except UnicodeDecodeError:
+            complete = False
+        if complete:
+            handle.seek(size)
+            handle.write(b"\n")
+        else:
+            with open(path.with_name(path.name + TORN_SUFFIX), "ab") as aside:
+                aside.write(tail + b"\n")
+                aside.flush()
+                os.fsync(aside.fileno())
+            handle.truncate(cut)
+            log.warning("%s:%d: a torn last line (%s) was moved to %s before appending", path, number,
+                        _describe(tail), path.name + TORN_SUFFIX)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append one line (repairing a torn tail first) and fsync it: a crash loses at most the line being written."""
+    if "\n" in line:
+        raise ValueError("a JSON line must not contain a newline")
+    repair_tail(path)
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(dumps(record) + "\n")
+        handle.write(line + "\n")
         handle.flush()
         os.fsync(handle.fileno())
 
 
 def read(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a results.jsonl; a torn last line (the writer died mid-line) is ignored, any other bad line is an error."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            if number == len(lines):
-                break
-            raise ValueError(f"{path}:{number}: not a JSON record ({error})") from error
-    return records
+    """Read a results.jsonl (see read_lines: bad lines are skipped with a warning, never hide later ones)."""
+    return read_lines(path)
 
 
 def rewrite(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> None:
     """Replace a results file atomically (used when resuming drops records past the checkpoint)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    text = "".join(dumps(record) + "\n" for record in records)
+    write_text_atomically(path, text)
 
 
 def iter_files(root: str | os.PathLike[str]) -> Iterator[Path]:

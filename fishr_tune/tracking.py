@@ -25,6 +25,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from fishr_tune import records
+from fishr_tune.files import write_text_atomically
+
 JOURNAL_FILE = "journal.jsonl"
 SENT_FILE = "sent"
 RUNS_FILE = "runs.json"
@@ -77,10 +80,8 @@ class MlflowJournal:
     # --- journaling (never touches the network) -------------------------------------------------------------
 
     def _append(self, operation: dict[str, Any]) -> None:
-        with self._append_lock, open(self.directory / JOURNAL_FILE, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(operation, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        with self._append_lock:
+            records.append_line(self.directory / JOURNAL_FILE, json.dumps(operation, sort_keys=True))
 
     def start_run(
         self, key: str, name: str, parent: str | None = None, params: Mapping[str, Any] | None = None,
@@ -117,20 +118,19 @@ class MlflowJournal:
     def end_run(self, key: str, status: str = "FINISHED") -> None:
         self._append({"op": "end", "key": key, "status": status})
 
+    def adopt_run(self, key: str, previous: str, tags: Mapping[str, Any] | None = None) -> None:
+        """`key` continues the run of `previous` (the same configuration under a new Ray trial id): one run, RUNNING."""
+        self._append({"op": "adopt", "key": key, "from": previous, "tags": {k: str(v) for k, v in (tags or {}).items()}})
+
     # --- sending ------------------------------------------------------------------------------------------------
 
     def operations(self) -> list[dict[str, Any]]:
         path = self.directory / JOURNAL_FILE
         if not path.exists():
             return []
-        lines = path.read_text(encoding="utf-8").splitlines()
-        ops = []
-        for line in lines:
-            try:
-                ops.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line: the writer died mid-append
-        return ops
+        # A torn or garbled line is skipped with a warning and never hides the operations after it. The sent count
+        # indexes this list, so an append repairs a torn tail (set aside, never parsed) without shifting any index.
+        return [op for op in records.read_lines(path) if isinstance(op.get("op"), str) and "key" in op]
 
     def sent_count(self) -> int:
         path = self.directory / SENT_FILE
@@ -140,18 +140,14 @@ class MlflowJournal:
         return len(self.operations()) - self.sent_count()
 
     def _mark_sent(self, count: int) -> None:
-        tmp = self.directory / (SENT_FILE + ".tmp")
-        tmp.write_text(str(count), encoding="utf-8")
-        os.replace(tmp, self.directory / SENT_FILE)
+        write_text_atomically(self.directory / SENT_FILE, str(count))
 
     def _runs(self) -> dict[str, str]:
         path = self.directory / RUNS_FILE
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
     def _save_runs(self, runs: Mapping[str, str]) -> None:
-        tmp = self.directory / (RUNS_FILE + ".tmp")
-        tmp.write_text(json.dumps(dict(runs), sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.directory / RUNS_FILE)
+        write_text_atomically(self.directory / RUNS_FILE, json.dumps(dict(runs), sort_keys=True))
 
     def run_id(self, key: str) -> str | None:
         return self._runs().get(key)
@@ -245,6 +241,15 @@ class MlflowJournal:
         elif op["op"] == "experiment_tags":
             for name, value in op["tags"].items():
                 client.set_experiment_tag(experiment_id, name, value)
+        elif op["op"] == "adopt":
+            run_id = (runs.get(key) or runs.get(op["from"]) or self._find_run(client, experiment_id, key)
+                      or self._find_run(client, experiment_id, op["from"]))
+            if run_id is None:
+                raise ValueError(f"journal: run {op['from']!r} to adopt for {key!r} was never started")
+            client.update_run(run_id, status="RUNNING")
+            client.log_batch(run_id, tags=[RunTag(KEY_TAG, key), *(RunTag(k, v) for k, v in op["tags"].items())])
+            runs[key] = run_id
+            self._save_runs(runs)
         elif op["op"] == "end":
             client.set_terminated(runs[key], status=op["status"])
         else:

@@ -23,6 +23,7 @@ from fishr_tune.data import DATASET_ENVIRONMENTS, MultiDomainDataset, check_test
 from fishr_tune.data.loaders import FileBackedSplits
 from fishr_tune.data.sampling import class_balanced_weights, draw_indices
 from fishr_tune.errors import ConfigError
+from fishr_tune.files import replace_atomically, write_text_atomically
 from fishr_tune.hparams import apply_overrides, hparams_for_trial
 from fishr_tune.networks import amp_unsupported_reason
 
@@ -370,11 +371,9 @@ class Trainer:
             self.file_splits.close()
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Atomic: a crash mid-write leaves the previous checkpoint intact."""
-        path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        """Atomic and durable: a crash or power cut mid-write leaves the previous checkpoint intact."""
+        state = self.state_dict()
+        replace_atomically(path, lambda handle: torch.save(state, handle))
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
@@ -399,7 +398,13 @@ def prepare_output_dir(config: TrainConfig, output_dir: Path, resume: bool) -> l
             f"--output-dir {output_dir} already holds a run; pass --resume to continue it, or choose another --output-dir"
         )
     if saved_config.exists():
-        previous = yaml.safe_load(saved_config.read_text(encoding="utf-8")) or {}
+        try:
+            previous = yaml.safe_load(saved_config.read_text(encoding="utf-8")) or {}
+        except (UnicodeDecodeError, yaml.YAMLError) as error:
+            reason = str(error).splitlines()[0][:200]
+            raise ConfigError(f"--resume: {saved_config} is corrupt ({reason}); cannot check the run's settings") from None
+        if not isinstance(previous, dict):
+            raise ConfigError(f"--resume: {saved_config} is corrupt (expected a mapping of settings, got {type(previous).__name__})")
         mine = {k: v for k, v in saved_settings(config).items() if k not in MACHINE_SETTINGS}
         theirs = {k: previous.get(k) for k in mine}
         if theirs != mine:
@@ -407,7 +412,52 @@ def prepare_output_dir(config: TrainConfig, output_dir: Path, resume: bool) -> l
             raise ConfigError(
                 f"--resume: the run in {output_dir} was started with different settings ({', '.join(changed)})"
             )
-    return records.read(results) if results.exists() else []
+    if not results.exists():
+        return []
+    records.repair_tail(results)  # a record torn by the crash is set aside (and reported), never glued onto
+    return records.read(results)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's state, or a one-line refusal: a truncated or corrupt file must not end in a traceback."""
+    try:
+        if path.stat().st_size == 0:
+            raise ValueError("the file is empty")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (torch raises many kinds for a damaged zip or pickle)
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        raise ConfigError(f"--resume: {path} is not a readable checkpoint ({reason}); remove it to train the run again "
+                          "from step 0") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise ConfigError(f"--resume: {path} is not a checkpoint of fishr-tune train (no step count in it)")
+    return state
+
+
+def check_continuity(results: Path, kept: list[dict[str, Any]], trainer: Trainer, checkpoint: Path) -> list[dict[str, Any]]:
+    """The records before the checkpoint's step, which must be exactly the run's checkpoint steps, each once."""
+    expected = [s for s in range(trainer.step) if trainer.is_checkpoint_step(s)]
+    steps = [r.get(records.STEP) for r in kept]
+    if any(not isinstance(s, int) or isinstance(s, bool) for s in steps):
+        raise ConfigError(f"--resume: {results} holds a record without an integer 'step'")
+    before = [r for r in kept if r[records.STEP] < trainer.step]
+    have = [r[records.STEP] for r in before]
+    if have == expected:
+        return before
+    seen: set[int] = set()
+    for step in have:
+        if step in seen:
+            raise ConfigError(f"--resume: {results} holds the record of step {step} twice")
+        seen.add(step)
+    missing = [s for s in expected if s not in seen]
+    if missing:
+        what = f"{results} lacks" if results.exists() else f"{results} is missing, and with it"
+        raise ConfigError(f"--resume: {what} the record of step {missing[0]} ({len(missing)} of {len(expected)} "
+                          f"records before the checkpoint's step {trainer.step} in {checkpoint} are missing); "
+                          "the run cannot continue without losing them")
+    unexpected = sorted(seen - set(expected))
+    if unexpected:
+        raise ConfigError(f"--resume: {results} holds a record at step {unexpected[0]}, which is no checkpoint step of this run")
+    raise ConfigError(f"--resume: {results} holds its records out of order")
 
 
 def run_training(
@@ -420,20 +470,27 @@ def run_training(
     output_dir = Path(config.output_dir or config.default_output_dir())
     output_dir.mkdir(parents=True, exist_ok=True)
     kept = prepare_output_dir(config, output_dir, resume)
+    checkpoint = output_dir / CHECKPOINT_FILE
+    results = output_dir / records.RESULTS_FILE
+    resuming = resume and checkpoint.exists()
+    if resuming:
+        read_checkpoint(checkpoint)  # before the data loads: a damaged file is refused at once
     trainer = Trainer(config)
     if on_dataset is not None:
         on_dataset(trainer.dataset)
-    checkpoint = output_dir / CHECKPOINT_FILE
-    results = output_dir / records.RESULTS_FILE
-    if resume and checkpoint.exists():
-        trainer.load_checkpoint(checkpoint)
-        kept = [r for r in kept if r[records.STEP] < trainer.step]
+    if resuming:
+        try:
+            trainer.load_checkpoint(checkpoint)
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            raise ConfigError(f"--resume: {checkpoint} does not fit this run ({type(error).__name__}: {reason})") from None
+        kept = check_continuity(results, kept, trainer, checkpoint)
         records.rewrite(results, kept)
     else:
         kept = []
         if results.exists():
             results.unlink()
-    (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(saved_settings(config), sort_keys=False), encoding="utf-8")
+    write_text_atomically(output_dir / CONFIG_FILE, yaml.safe_dump(saved_settings(config), sort_keys=False))
     produced = list(kept)
     try:
         for record in trainer.records():

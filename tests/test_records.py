@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -45,16 +46,49 @@ def test_non_finite_values_are_written_as_null(tmp_path) -> None:
     assert records.read(path)[0]["loss"] is None
 
 
-def test_torn_last_line_is_ignored_but_corruption_elsewhere_is_an_error(tmp_path) -> None:
+def test_a_bad_line_in_the_middle_is_skipped_with_a_warning_and_hides_nothing_after_it(tmp_path, caplog) -> None:
     path = tmp_path / "results.jsonl"
     records.append(path, sample_record(0))
+    with open(path, "ab") as handle:
+        handle.write(b'{"step": 1\n[1, 2]\n\xff\xfe not utf-8\n')
+    records.append(path, sample_record(2))
+    with caplog.at_level(logging.WARNING, logger="fishr_tune.records"):
+        assert [r["step"] for r in records.read(path)] == [0, 2]
+    assert [m for m in caplog.messages if m.startswith(f"{path}:")] == [
+        f"{path}:2: skipped a line that is not a JSON object ('{{\"step\": 1')",
+        f"{path}:3: skipped a line that is not a JSON object ('[1, 2]')",
+        f"{path}:4: skipped a line that is not UTF-8 (12 bytes)",
+    ]
+
+
+def test_a_torn_last_line_is_set_aside_before_the_next_append(tmp_path, caplog) -> None:
+    path = tmp_path / "results.jsonl"
+    records.append(path, sample_record(0))
+    whole = records.dumps(sample_record(1))
     with open(path, "a") as handle:
-        handle.write('{"step": 1')
-    assert [r["step"] for r in records.read(path)] == [0]
-    with open(path, "a") as handle:
-        handle.write("\n" + records.dumps(sample_record(2)) + "\n")
-    with pytest.raises(ValueError, match="results.jsonl:2"):
-        records.read(path)
+        handle.write(whole[:25])  # the writer died mid-line
+    with caplog.at_level(logging.WARNING, logger="fishr_tune.records"):
+        assert [r["step"] for r in records.read(path)] == [0]
+        records.append(path, sample_record(1))
+    assert [r["step"] for r in records.read(path)] == [0, 1]
+    assert path.read_text().splitlines() == [records.dumps(sample_record(0)), whole]
+    assert (tmp_path / "results.jsonl.torn").read_text() == whole[:25] + "\n"  # kept, not lost
+    assert f"{path}:2: a torn last line" in caplog.text and "moved to results.jsonl.torn" in caplog.text
+
+
+def test_a_complete_last_line_without_its_newline_is_kept(tmp_path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text(records.dumps(sample_record(0)))
+    records.append(path, sample_record(1))
+    assert [r["step"] for r in records.read(path)] == [0, 1]
+    assert not (tmp_path / "results.jsonl.torn").exists()
+
+
+def test_a_record_glued_onto_a_torn_one_is_recovered(tmp_path) -> None:
+    """What an appender that did not repair the tail leaves: the torn prefix and a whole record on one line."""
+    path = tmp_path / "results.jsonl"
+    path.write_text(records.dumps(sample_record(0))[:40] + records.dumps(sample_record(1)) + "\n")
+    assert records.read(path) == [sample_record(1)]
 
 
 def test_table_has_flat_columns() -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import logging
 import time
 
 from mlflow.tracking import MlflowClient
@@ -161,3 +163,61 @@ def test_one_log_batch_per_checkpoint(tmp_path, monkeypatch) -> None:
     client = MlflowClient(uri)
     assert [s for s, _ in metric_points(client, trial_id, "val_acc")] == checkpoints
     assert client.get_run(trial_id).info.status == "FINISHED"
+
+
+def test_a_torn_journal_line_then_more_operations_reach_a_real_server_exactly_once(tmp_path, mlflow_server, caplog) -> None:
+    """The driver dies mid-append; the resumed driver journals on. Everything complete is sent, each thing once."""
+    directory = tmp_path / "journal"
+    journal = MlflowJournal(directory, mlflow_server.uri, "torn")
+    journal.start_run("sweep", "torn")
+    journal.start_run("t1", "ERM te2 ts0 t1", parent="sweep", params={"lr": 1e-3})
+    journal.log_metrics("t1", {"val_acc": 0.0}, step=0, timestamp_ms=1_000)
+    assert journal.flush(force=True) == 0
+    journal.log_metrics("t1", {"val_acc": 0.5}, step=100, timestamp_ms=1_100)
+    path = directory / "journal.jsonl"
+    path.write_bytes(path.read_bytes()[:-30])  # killed in the middle of writing that line
+
+    resumed = MlflowJournal.open_existing(directory)
+    with caplog.at_level(logging.WARNING, logger="fishr_tune.records"):
+        assert resumed.pending() == 0
+        resumed.log_metrics("t1", {"val_acc": 0.5}, step=100, timestamp_ms=1_200)  # the trial reports it again
+        resumed.log_metrics("t1", {"val_acc": 1.0}, step=200, timestamp_ms=1_300)
+        resumed.end_run("t1")
+        write_trial(resumed, "t2", [0, 100])
+        assert resumed.pending() == 7
+        assert resumed.flush(force=True) == 0
+    assert f"{path}:4: a torn last line" in caplog.text
+    assert resumed.flush(force=True) == 0  # nothing left to send twice
+    client = MlflowClient(mlflow_server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("torn").experiment_id])
+    assert sorted(r.data.tags[KEY_TAG] for r in runs) == ["sweep", "t1", "t2"]
+    by_key = {r.data.tags[KEY_TAG]: r for r in runs}
+    assert metric_points(client, by_key["t1"].info.run_id, "val_acc") == [(0, 0.0), (100, 0.5), (200, 1.0)]
+    assert metric_points(client, by_key["t2"].info.run_id, "val_acc") == [(0, 0.0), (100, 0.5)]
+    assert by_key["t1"].info.status == by_key["t2"].info.status == "FINISHED"
+
+
+def test_mlflow_sync_sends_everything_after_a_bad_line(tmp_path) -> None:
+    """A journal left by an appender that did not repair its torn tail: the torn op and the next one share a line."""
+    from click.testing import CliRunner
+
+    from fishr_tune.cli import main
+
+    directory = tmp_path / "sweep" / "mlflow"
+    journal = MlflowJournal(directory, "http://127.0.0.1:9", "glued")
+    journal.start_run("sweep", "glued")
+    journal.start_run("t1", "ERM te2 ts0 t1", parent="sweep")
+    path = directory / "journal.jsonl"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"key": "t1", "metrics": {"val_a')  # torn
+        handle.write(json.dumps({"key": "t1", "metrics": {"val_acc": 0.25}, "op": "metrics", "step": 0, "timestamp": 5}) + "\n")
+        handle.write("garbage\n")
+    journal.log_metrics("t1", {"val_acc": 0.75}, step=40, timestamp_ms=6)
+    journal.end_run("t1")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = CliRunner().invoke(main, ["mlflow-sync", str(tmp_path / "sweep"), "--tracking-uri", uri])
+    assert result.exit_code == 0 and "5 operations sent" in result.output, result.output
+    client = MlflowClient(uri)
+    t1 = client.search_runs([client.get_experiment_by_name("glued").experiment_id], filter_string=f"tags.`{KEY_TAG}` = 't1'")
+    assert metric_points(client, t1[0].info.run_id, "val_acc") == [(0, 0.25), (40, 0.75)]
+    assert t1[0].info.status == "FINISHED"

@@ -147,3 +147,162 @@ def test_bf16_is_refused_before_training_on_a_cpu_without_it(tmp_path, monkeypat
     monkeypatch.setattr(networks, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(ConfigError, match="hyperparameter amp: 'bf16' cannot run here: .*set amp to 'off'"):
         Trainer(irm_config(tmp_path, hparams={"amp": "bf16"}))
+
+
+# ---- resuming from damaged files: exactly the uninterrupted run, or a one-line refusal -------------------------
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupted_run(tmp_path, at_step: int = 20) -> tuple[TrainConfig, "Path"]:
+    """A run killed right after its record (and checkpoint) at `at_step`: results [0, ..., at_step], checkpoint past it."""
+    config = irm_config(tmp_path)
+
+    def stop(record: dict) -> None:
+        if record["step"] == at_step:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_training(config, on_record=stop)
+    return config, tmp_path / "run"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> list[dict]:
+    return run_training(irm_config(tmp_path_factory.mktemp("reference")))
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "step_time"} for row in rows]
+
+
+def tear_a_record_after_the_checkpoint(run) -> None:
+    with open(run / "results.jsonl", "a") as handle:
+        handle.write('{"env0_in_acc": 0.5, "step": 4')
+
+
+def a_record_past_the_checkpoint(run) -> None:  # died after writing the record, before its checkpoint replaced the last
+    rows = records.read(run / "results.jsonl")
+    records.append(run / "results.jsonl", {**rows[-1], "step": 40})
+
+
+def lose_the_checkpoint(run) -> None:
+    (run / "checkpoint.pt").unlink()
+
+
+@pytest.mark.parametrize("damage", [tear_a_record_after_the_checkpoint, a_record_past_the_checkpoint, lose_the_checkpoint])
+def test_resume_after_recoverable_damage_equals_the_uninterrupted_run(tmp_path, uninterrupted, damage) -> None:
+    config, run = interrupted_run(tmp_path)
+    damage(run)
+    resumed = run_training(config, resume=True)
+    assert without_timing(resumed) == without_timing(uninterrupted)
+    assert without_timing(records.read(run / "results.jsonl")) == without_timing(uninterrupted)
+
+
+def drop_the_last_record(run) -> None:
+    path = run / "results.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+
+
+def delete_the_records(run) -> None:
+    (run / "results.jsonl").unlink()
+
+
+def garble_the_first_record(run) -> None:
+    path = run / "results.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0][:30] + "\n" + "".join(lines[1:]))
+
+
+def duplicate_a_record(run) -> None:
+    path = run / "results.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + "".join(lines))
+
+
+def empty_checkpoint(run) -> None:
+    (run / "checkpoint.pt").write_bytes(b"")
+
+
+def truncated_checkpoint(run) -> None:
+    path = run / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def garbage_checkpoint(run) -> None:
+    (run / "checkpoint.pt").write_bytes(bytes(range(256)) * 40)
+
+
+def foreign_checkpoint(run) -> None:
+    torch.save({"weights": torch.zeros(3)}, run / "checkpoint.pt")
+
+
+def invalid_yaml_config(run) -> None:
+    (run / "config.yaml").write_text("dataset: ColoredMNIST-IRM\nsteps: [60\n")
+
+
+def binary_config(run) -> None:
+    (run / "config.yaml").write_bytes(b"\xff\xfe\x00garbage")
+
+
+def list_config(run) -> None:
+    (run / "config.yaml").write_text("- 1\n- 2\n")
+
+
+REFUSALS = [
+    (drop_the_last_record, r"results.jsonl lacks the record of step 20 \(1 of 2 records before the checkpoint's step 21"),
+    (delete_the_records, r"results.jsonl is missing, and with it the record of step 0"),
+    (garble_the_first_record, r"results.jsonl lacks the record of step 0"),
+    (duplicate_a_record, r"results.jsonl holds the record of step 0 twice"),
+    (empty_checkpoint, r"checkpoint.pt is not a readable checkpoint \(the file is empty\)"),
+    (truncated_checkpoint, r"checkpoint.pt is not a readable checkpoint \("),
+    (garbage_checkpoint, r"checkpoint.pt is not a readable checkpoint \("),
+    (foreign_checkpoint, r"checkpoint.pt is not a checkpoint of fishr-tune train"),
+    (invalid_yaml_config, r"config.yaml is corrupt \("),
+    (binary_config, r"config.yaml is corrupt \("),
+    (list_config, r"config.yaml is corrupt \(expected a mapping of settings, got list\)"),
+]
+
+
+@pytest.mark.parametrize("damage,message", REFUSALS, ids=[d.__name__ for d, _ in REFUSALS])
+def test_resume_after_unrecoverable_damage_refuses_and_keeps_the_files(tmp_path, damage, message) -> None:
+    config, run = interrupted_run(tmp_path)
+    damage(run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(ConfigError, match="^--resume: .*" + message) as refusal:
+        run_training(config, resume=True)
+    assert "\n" not in str(refusal.value) and len(str(refusal.value)) < 400
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing recorded is touched
+
+
+def test_cli_resume_from_an_empty_checkpoint_is_one_line_and_exit_2(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from fishr_tune.cli import main
+
+    config, run = interrupted_run(tmp_path)
+    empty_checkpoint(run)
+    result = CliRunner().invoke(main, ["train", "--steps", "60", "--checkpoint-freq", "20", "--device", "cpu",
+                                       "--output-dir", str(run), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [f"Error: --resume: {run / 'checkpoint.pt'} is not a readable checkpoint "
+                                                  "(the file is empty); remove it to train the run again from step 0"]
+
+
+def test_checkpoints_are_written_through_a_fsynced_temporary_file(tmp_path, monkeypatch) -> None:
+    """The file is synced before the rename, and the directory after it; nothing but the checkpoint is left."""
+    import os
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync-dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync-file"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1])
+    trainer = Trainer(irm_config(tmp_path))
+    trainer.save_checkpoint(tmp_path / "checkpoint.pt")
+    assert events == ["fsync-file", "rename", "fsync-dir"]
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["checkpoint.pt"]
+    restored = Trainer(irm_config(tmp_path))
+    restored.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert restored.step == trainer.step == 0

@@ -4,7 +4,10 @@ The sources are those of DomainBed's `domainbed/scripts/download.py`. DomainBed 
 them, so an archive is verified by what it unpacks to: a readable archive, the layout check that training uses,
 and the class and image counts compared with DomainBed's published sizes (`fishr-tune data check` shows them).
 The sha256 of every archive fetched is written to `<dataset folder>/download.json`, so two machines can tell
-whether they hold the same data, and a `Source.sha256`, where a mirror publishes one, is enforced.
+whether they hold the same data, and to `<data dir>/.fishr-tune-downloads.json`, which a later download of the same
+archive into that directory must match; a `Source.sha256`, where a mirror publishes one, is enforced. Every source is
+fetched over https, and names read from downloaded content (archive members, TerraIncognita's annotation file
+names, DomainNet's duplicates list) must stay inside the dataset's folder.
 A failed download leaves nothing behind: the archives it fetched and whatever it had unpacked are removed.
 """
 
@@ -32,6 +35,7 @@ from fishr_tune.data.images import (
     list_environment,
 )
 from fishr_tune.errors import ConfigError, unknown_name_error
+from fishr_tune.files import write_text_atomically
 
 Fetch = Callable[[str, Path], None]
 TIMEOUT_S = 60
@@ -39,6 +43,8 @@ CHUNK = 1 << 20
 DOMAIN_NET_DUPLICATES_URL = (
     "https://raw.githubusercontent.com/facebookresearch/DomainBed/main/domainbed/misc/domain_net_duplicates.txt"
 )
+# Per data directory: the sha256 of every archive downloaded into it, compared when it is downloaded again.
+KNOWN_CHECKSUMS_FILE = ".fishr-tune-downloads.json"
 TERRA_LOCATIONS = ("38", "46", "100", "43")
 TERRA_CATEGORIES = ("bird", "bobcat", "cat", "coyote", "dog", "empty", "opossum", "rabbit", "raccoon", "squirrel")
 
@@ -71,7 +77,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "DomainNet": Recipe(
         tuple(
-            Source(f"http://csr.bu.edu/ftp/visda/2019/multi-source/{path}", path.split("/")[-1])
+            Source(f"https://csr.bu.edu/ftp/visda/2019/multi-source/{path}", path.split("/")[-1])
             for path in ("groundtruth/clipart.zip", "infograph.zip", "groundtruth/painting.zip", "quickdraw.zip",
                          "real.zip", "sketch.zip")
         ),
@@ -149,6 +155,17 @@ def unpack(archive: Path, into: Path) -> None:
             tf.extractall(into)
 
 
+def inside(base: Path, relative: object, what: str) -> Path:
+    """`base / relative`, refused when a name taken from downloaded content points outside `base`."""
+    text = relative if isinstance(relative, str) else ""
+    base = base.resolve()
+    target = (base / text).resolve()
+    if not text.strip() or Path(text).is_absolute() or target == base or not target.is_relative_to(base):
+        shown = str(relative)[:200]
+        raise ConfigError(f"{what}: {shown!r} points outside {base}; the downloaded data is refused")
+    return target
+
+
 def organize_terra_incognita(root: Path) -> None:
     """DomainBed's selection: locations 38, 46, 100, 43 and ten categories, as location_<id>/<category>/<file>."""
     annotations = next(root.glob("caltech_images_*.json"), None) or next(root.glob("*.json"), None)
@@ -169,7 +186,9 @@ def organize_terra_incognita(root: Path) -> None:
                 continue
             folder = root / f"location_{location}" / category
             folder.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(images_folder / image["file_name"], folder / image["file_name"])
+            name = image.get("file_name")
+            source = inside(images_folder, name, f"{annotations.name}: image file_name")
+            shutil.copyfile(source, inside(folder, name, f"{annotations.name}: image file_name"))
     shutil.rmtree(images_folder)
     annotations.unlink()
 
@@ -179,9 +198,11 @@ def remove_domain_net_duplicates(root: Path, fetch: Fetch) -> int:
     listing = root / "domain_net_duplicates.txt"
     fetch(DOMAIN_NET_DUPLICATES_URL, listing)
     removed = 0
-    for line in listing.read_text(encoding="utf-8").splitlines():
-        target = root / line.strip()
-        if line.strip() and target.is_file():
+    for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        target = inside(root, line.strip(), f"{listing.name}:{number}")
+        if target.is_file():
             target.unlink()
             removed += 1
     listing.unlink()
@@ -199,9 +220,10 @@ def download_dataset(name: str, data_dir: str | os.PathLike[str], fetch: Fetch =
         raise ConfigError(f"{root} already exists and is not empty: remove it to download {name} again")
     recipe = RECIPES[name]
     existed_before = {entry.name for entry in data_dir.iterdir()} if data_dir.is_dir() else set()
+    known = read_known_checksums(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     try:
-        fetched = fetch_and_lay_out(name, recipe, data_dir, root, fetch, keep_archives)
+        fetched = fetch_and_lay_out(name, recipe, data_dir, root, fetch, keep_archives, known)
     except BaseException:
         # Nothing half-done stays: the dataset folder (it was empty or absent) and whatever this call put
         # into the data directory (archives, unpacked top folders such as PACS's `kfold`).
@@ -213,11 +235,28 @@ def download_dataset(name: str, data_dir: str | os.PathLike[str], fetch: Fetch =
     manifest = [{"url": source.url, "archive": source.archive, "bytes": size, "sha256": digest}
                 for source, (size, digest) in fetched.items()]
     (root / "download.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    known.update({source.url: digest for source, (_, digest) in fetched.items()})
+    write_text_atomically(data_dir / KNOWN_CHECKSUMS_FILE, json.dumps(known, indent=1, sort_keys=True) + "\n")
     return root
 
 
+def read_known_checksums(data_dir: Path) -> dict[str, str]:
+    """url -> sha256 of what was downloaded into this data directory before (DomainBed publishes no checksums)."""
+    path = data_dir / KNOWN_CHECKSUMS_FILE
+    if not path.exists():
+        return {}
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path}: unreadable ({str(error)[:200]}); remove it to record the checksums again") from None
+    if not isinstance(known, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in known.items()):
+        raise ConfigError(f"{path}: expected a JSON object of url -> sha256; remove it to record the checksums again")
+    return known
+
+
 def fetch_and_lay_out(
-    name: str, recipe: Recipe, data_dir: Path, root: Path, fetch: Fetch, keep_archives: bool
+    name: str, recipe: Recipe, data_dir: Path, root: Path, fetch: Fetch, keep_archives: bool,
+    known: dict[str, str] | None = None,
 ) -> dict[Source, tuple[int, str]]:
     """Fetch and unpack every source, then lay the dataset out; returns each source's (bytes, sha256)."""
     unpack_into = data_dir if recipe.unpack_into == "." else root
@@ -230,6 +269,13 @@ def fetch_and_lay_out(
         if source.sha256 is not None and digest != source.sha256:
             raise ConfigError(f"{source.url}: checksum mismatch (expected sha256 {source.sha256}, got {digest}); "
                               "the download is corrupt")
+        recorded = (known or {}).get(source.url)
+        if source.sha256 is None and recorded is not None and digest != recorded:
+            raise ConfigError(
+                f"{source.url}: checksum mismatch (sha256 {digest}, but {recorded} when it was downloaded into "
+                f"{data_dir} before, as {data_dir / KNOWN_CHECKSUMS_FILE} records); the download is corrupt or the "
+                "source changed its data (remove that entry to accept the new archive)"
+            )
         extract(archive, unpack_into)
         if not keep_archives:
             archive.unlink()

@@ -212,10 +212,23 @@ def read_index(root: Path) -> dict[str, EnvironmentListing] | None:
                 return None
     except OSError:
         return None
-    return {
-        env_dir: EnvironmentListing(str(root / env_dir), entry["classes"], entry["files"])
-        for env_dir, entry in data["environments"].items()
-    }
+    try:
+        listings = {
+            env_dir: EnvironmentListing(str(root / env_dir), entry["classes"], entry["files"])
+            for env_dir, entry in data["environments"].items()
+        }
+        names = [*listings, *(c for v in listings.values() for c in v.classes),
+                 *(f for v in listings.values() for files in v.files.values() for f in files)]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    if not all(_plain_name(name) for name in names):
+        return None  # a tampered cache must not send the loader outside the dataset folder: list it again
+    return listings
+
+
+def _plain_name(name: object) -> bool:
+    """One folder or file name, as a listing holds them: no separator, not `.` or `..`."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
 
 
 def write_index(root: Path, listings: dict[str, EnvironmentListing]) -> None:

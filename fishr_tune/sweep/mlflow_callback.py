@@ -7,6 +7,7 @@ therefore its MLflow run; a (trial, step) already journaled is never journaled a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -46,6 +47,10 @@ EXPERIMENT_KIND = "custom_model_development"
 # One artifact path shared by every trial, so MLflow's compare view shows the trials' plots side by side.
 ACCURACY_PLOT = "plots/accuracy.png"
 SELECTED_RUN_TAG = "selected_run."  # + flat group name, on the parent: the run id training_domain selects
+# A digest of the trial's config (group, sample index, seed, hyperparameters): after a driver crash Tune may re-create
+# a trial it had not yet saved under a new id; the same digest lets the new trial continue the old trial's run.
+CONFIG_TAG = "fishr_tune.config"
+NOTE_TAG = "fishr_tune.note"
 
 
 def resolve_tracking_uri(uri: str) -> str:
@@ -58,6 +63,11 @@ def resolve_tracking_uri(uri: str) -> str:
 
 def open_journal(spec: SweepSpec, journal_dir: Path) -> MlflowJournal:
     return MlflowJournal(journal_dir, resolve_tracking_uri(spec.settings.tracking_uri), spec.name)
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
 def trial_run_name(config: dict[str, Any], trial_id: str) -> str:
@@ -130,21 +140,45 @@ class MlflowCallback(Callback):
         self._stop = threading.Event()
         self._closer: ThreadPoolExecutor | None = None
         self._closing: list[Future[None]] = []
+        self.ended: set[str] = set()
+        self.digests: dict[str, str] = {}  # trial key -> config digest
+        self.adoptable: dict[str, str] = {}  # config digest -> key of a run closed as KILLED, not yet re-adopted
+        self._reconciled = False
         for op in journal.operations():  # a resumed driver: what is journaled already stays journaled once
+            key = op["key"]
             if op["op"] == "start":
-                self.started.add(op["key"])
+                self.started.add(key)
+                self.ended.discard(key)
+                if CONFIG_TAG in op.get("tags", {}):
+                    self.digests[key] = op["tags"][CONFIG_TAG]
                 if op["tags"].get("fishr_tune.kind") == "trial":
                     tags = op["tags"]
-                    self.meta[op["key"]] = {"dataset": tags["dataset"], "algorithm": tags["algorithm"],
-                                            "test_envs": json.loads(tags["test_envs"]), "trial_seed": int(tags["trial_seed"])}
+                    self.meta[key] = {"dataset": tags["dataset"], "algorithm": tags["algorithm"],
+                                      "test_envs": json.loads(tags["test_envs"]), "trial_seed": int(tags["trial_seed"])}
+            elif op["op"] == "adopt":
+                previous = op["from"]
+                self.started.add(key)
+                self.ended.discard(key)
+                self.logged[key] |= self.logged[previous]
+                self.points[key] = [*self.points[previous], *self.points[key]]
+                self.args_tagged |= {key} if previous in self.args_tagged else set()
+                if previous in self.digests:
+                    self.digests[key] = self.digests[previous]
+                    self.adoptable.pop(self.digests[previous], None)
+            elif op["op"] == "end":
+                self.ended.add(key)
+                if op.get("status") == "KILLED" and key in self.digests:
+                    self.adoptable[self.digests[key]] = key
+                else:
+                    self.adoptable = {d: k for d, k in self.adoptable.items() if k != key}
             elif op["op"] == "tags" and ARGS_TAG in op["tags"]:
-                self.args_tagged.add(op["key"])
+                self.args_tagged.add(key)
             elif op["op"] == "metrics":
-                self.logged[op["key"]].add(op["step"])
-                self.points[op["key"]].append({"step": op["step"], **op["metrics"]})
+                self.logged[key].add(op["step"])
+                self.points[key].append({"step": op["step"], **op["metrics"]})
                 value = op["metrics"].get(BEST_VAL_ACC)
                 if value is not None and op["metrics"].get(BEST_VAL_STEP) is not None:
-                    self.best[op["key"]] = (float(value), int(op["metrics"][BEST_VAL_STEP]))
+                    self.best[key] = (float(value), int(op["metrics"][BEST_VAL_STEP]))
 
     def __getstate__(self) -> dict[str, Any]:
         return {"spec": self.spec, "journal_dir": str(self.journal.directory), "uri": self.journal.tracking_uri,
@@ -198,17 +232,59 @@ class MlflowCallback(Callback):
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         self.stop_flusher()
 
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if not self._reconciled:
+            self._reconciled = True
+            self.reconcile(trials)
+
+    def reconcile(self, trials: list[Any]) -> None:
+        """After a resume: close the runs of trials that Tune no longer knows, and those Tune holds as done.
+
+        A driver killed before Tune saved its state loses the trials it created since; Tune re-creates them under
+        new ids. Their runs are closed as KILLED with a note, and re-adopted (on_trial_start) by the trial that
+        brings back the same configuration, so each configuration keeps one run and none stays RUNNING.
+        """
+        known = {trial.trial_id: trial for trial in trials}
+        for key in sorted(self.started - self.ended - {SWEEP_KEY}):
+            trial = known.get(key)
+            if trial is None:
+                self.journal.set_tags(key, {"status": "killed: lost with the driver", NOTE_TAG: (
+                    "Ray Tune no longer knows this trial after --resume (the driver died before saving it); "
+                    "a trial with the same configuration continues this run")})
+                self.journal.end_run(key, "KILLED")
+                self.ended.add(key)
+                if key in self.digests:
+                    self.adoptable[self.digests[key]] = key
+            elif trial.status == "TERMINATED":
+                self.on_trial_complete(0, trials, trial)
+            elif trial.status == "ERROR":
+                self.on_trial_error(0, trials, trial)
+
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         config = trial.config
         key = trial.trial_id
+        digest = config_digest(config)
+        previous = self.adoptable.pop(digest, None) if key not in self.started else None
         if key in self.started:
             self.journal.set_tags(key, {"status": "running"})
+        elif previous is not None:
+            self.journal.adopt_run(key, previous, tags={"ray_trial_id": key, "status": "running", NOTE_TAG: (
+                f"continues the run of Ray trial {previous}, which Tune re-created under this id after --resume")})
+            self.started.add(key)
+            self.ended.discard(key)
+            self.digests[key] = digest
+            self.logged[key] |= self.logged[previous]  # the same configuration replays the same records: log them once
+            self.points[key] = list(self.points[previous])
+            if previous in self.best:
+                self.best[key] = self.best[previous]
+            if previous in self.args_tagged:
+                self.args_tagged.add(key)
         else:
             dataset = config["dataset"]
             tags = {
                 "dataset": dataset, "algorithm": config["algorithm"], "test_envs": json.dumps(list(config["test_envs"])),
                 "trial_seed": config["trial_seed"], "group": config.get(GROUP_KEY, ""), "ray_trial_id": key,
-                "status": "running", "fishr_tune.kind": "trial",
+                "status": "running", "fishr_tune.kind": "trial", CONFIG_TAG: digest,
                 DESCRIPTION_TAG: trial_description(config, "running", None), **self.source_tags,
             }
             for i, name in enumerate(DATASET_ENVIRONMENTS.get(dataset, ())):
@@ -220,6 +296,7 @@ class MlflowCallback(Callback):
             if entities:
                 self.journal.log_inputs(key, mlflow_inputs.trial_inputs(entities, list(config["test_envs"])))
             self.started.add(key)
+            self.digests[key] = digest
         self.meta[key] = {"dataset": config["dataset"], "algorithm": config["algorithm"],
                           "test_envs": list(config["test_envs"]), "trial_seed": int(config["trial_seed"])}
         self._ensure_flusher()
@@ -274,6 +351,7 @@ class MlflowCallback(Callback):
             self.journal.log_artifact(key, plot, folder)
         self.journal.set_tags(key, {"status": status, DESCRIPTION_TAG: trial_description(config, status, self.best.get(key))})
         self.journal.end_run(key, mlflow_status)
+        self.ended.add(key)
 
     def wait_for_closing_runs(self) -> None:
         """Every trial run closed so far is journaled (plot, status, end) when this returns."""

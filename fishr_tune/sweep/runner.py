@@ -410,6 +410,9 @@ def run_sweep(
         mlflow_callback.start_sweep_run()
         run_callbacks = [progress, mlflow_callback, *callbacks, KeepTrialLogsOnRetry()]
         if resume:
+            if not location.remote:  # Tune appends to each trial's result.json: a line torn by the crash goes aside first
+                for result_file in sorted(Path(location.uri.removeprefix("file://")).glob(f"*/{TRIAL_LOG_FILES[0]}")):
+                    records.repair_tail(result_file)
             tuner = tune.Tuner.restore(location.uri, trainable=wrapped, resume_unfinished=True, resume_errored=True)
             # Tuner.restore brings back the first session's callbacks; this session's display (and any callbacks
             # the caller passes now) replace them. Tuner has no public setter for this in Ray 2.60.

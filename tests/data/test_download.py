@@ -122,3 +122,94 @@ def test_an_http_error_is_not_called_offline(tmp_path: Path, monkeypatch: pytest
         download_dataset("VLCS", tmp_path, fetch=http_fetch)
     assert "internet access" not in str(error.value)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- names read from downloaded content stay inside the dataset folder ----------------------------------------
+
+
+def terra_annotations(file_name: str) -> dict:
+    return {"categories": [{"id": 1, "name": "bird"}], "annotations": [{"image_id": "a", "category_id": 1}],
+            "images": [{"id": "a", "location": 38, "file_name": file_name}]}
+
+
+@pytest.mark.parametrize("file_name", ["../../victim.jpg", "/etc/hostname", "", 7])
+def test_a_terra_incognita_file_name_outside_the_images_is_refused(tmp_path: Path, file_name) -> None:
+    import json
+
+    root = tmp_path / "data" / "terra_incognita"
+    (root / "eccv_18_all_images_sm").mkdir(parents=True)
+    (root / "eccv_18_all_images_sm" / "ok.jpg").write_bytes(b"jpg")
+    victim = tmp_path / "victim.jpg"
+    victim.write_bytes(b"the user's file")
+    (root / "caltech_images_20210113.json").write_text(json.dumps(terra_annotations(file_name)))
+    with pytest.raises(ConfigError, match=r"caltech_images_20210113.json: image file_name: .* points outside"):
+        download.organize_terra_incognita(root)
+    assert victim.read_bytes() == b"the user's file"
+    assert not (tmp_path / "data" / "victim.jpg").exists() and not list(tmp_path.rglob("location_38/bird/*"))
+
+
+def test_terra_incognita_copies_a_plain_file_name(tmp_path: Path) -> None:
+    import json
+
+    root = tmp_path / "terra_incognita"
+    (root / "eccv_18_all_images_sm").mkdir(parents=True)
+    (root / "eccv_18_all_images_sm" / "ok.jpg").write_bytes(b"jpg")
+    (root / "caltech_images_20210113.json").write_text(json.dumps(terra_annotations("ok.jpg")))
+    download.organize_terra_incognita(root)
+    assert (root / "location_38" / "bird" / "ok.jpg").read_bytes() == b"jpg"
+
+
+@pytest.mark.parametrize("line", ["../../victim.txt", "{victim}", "clipart/../../victim.txt"])
+def test_a_domain_net_duplicates_line_outside_the_dataset_deletes_nothing(tmp_path: Path, line: str) -> None:
+    root = tmp_path / "data" / "domain_net"
+    (root / "clipart" / "cat").mkdir(parents=True)
+    (root / "clipart" / "cat" / "dup.jpg").write_bytes(b"dup")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    listing = f"clipart/cat/dup.jpg\n{line.format(victim=victim)}\n"
+    with pytest.raises(ConfigError, match=r"domain_net_duplicates.txt:2: .* points outside"):
+        download.remove_domain_net_duplicates(root, lambda url, dest: dest.write_text(listing))
+    assert victim.read_text() == "keep me"
+
+
+def test_domain_net_duplicates_inside_are_removed(tmp_path: Path) -> None:
+    root = tmp_path / "domain_net"
+    (root / "clipart" / "cat").mkdir(parents=True)
+    for name in ("dup.jpg", "keep.jpg"):
+        (root / "clipart" / "cat" / name).write_bytes(b"x")
+    assert download.remove_domain_net_duplicates(root, lambda url, dest: dest.write_text("clipart/cat/dup.jpg\n\n")) == 1
+    assert [p.name for p in (root / "clipart" / "cat").iterdir()] == ["keep.jpg"]
+
+
+def test_every_source_is_fetched_over_https() -> None:
+    urls = [source.url for recipe in download.RECIPES.values() for source in recipe.sources]
+    assert len(urls) == 11 and all(url.startswith("https://") for url in urls), urls
+    assert download.DOMAIN_NET_DUPLICATES_URL.startswith("https://")
+
+
+def pacs_zip(tmp_path: Path, name: str, images: int) -> bytes:
+    staging = write_synthetic_dataset("PACS", tmp_path / name, classes=("dog",), images_per_class=images, size=(8, 8))
+    archive = tmp_path / f"{name}.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(staging.rglob("*.jpg")):
+            zf.write(path, "kfold/" + path.relative_to(staging).as_posix())
+    return archive.read_bytes()
+
+
+def test_a_re_download_is_compared_with_the_checksum_recorded_the_first_time(tmp_path: Path) -> None:
+    import hashlib
+    import json
+    import shutil
+
+    first, other = pacs_zip(tmp_path, "first", 1), pacs_zip(tmp_path, "other", 2)
+    data = tmp_path / "data"
+    root = download_dataset("PACS", data, fetch=lambda url, dest: dest.write_bytes(first))
+    url = download.RECIPES["PACS"].sources[0].url
+    recorded = data / download.KNOWN_CHECKSUMS_FILE
+    assert json.loads(recorded.read_text()) == {url: hashlib.sha256(first).hexdigest()}
+    shutil.rmtree(root)
+    with pytest.raises(ConfigError, match=r"checksum mismatch \(sha256 [0-9a-f]{64}, but [0-9a-f]{64} when it was downloaded"):
+        download_dataset("PACS", data, fetch=lambda url, dest: dest.write_bytes(other))
+    assert sorted(p.name for p in data.iterdir()) == [download.KNOWN_CHECKSUMS_FILE]  # nothing of it stays
+    download_dataset("PACS", data, fetch=lambda url, dest: dest.write_bytes(first))  # the same bytes again: accepted
+    assert check_data_dir(data, ["PACS"])[0].environments == {"A": 1, "C": 1, "P": 1, "S": 1}

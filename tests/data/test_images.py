@@ -168,3 +168,20 @@ def _rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path)
+
+
+def test_a_tampered_listing_cache_is_ignored_and_the_folders_listed_again(tmp_path, monkeypatch) -> None:
+    import json
+
+    from fishr_tune.data import images
+
+    monkeypatch.setenv("FISHR_TUNE_CACHE", str(tmp_path / "cache"))
+    root = images.write_synthetic_dataset("PACS", tmp_path / "data", classes=("a",), images_per_class=1, size=(8, 8))
+    listings = images.scan_dataset(images.IMAGE_DATASETS["PACS"], root)
+    images.write_index(root, listings)
+    assert images.read_index(root) == listings
+    cache = images.index_file(root)
+    data = json.loads(cache.read_text())
+    data["environments"]["art_painting"]["files"]["a"] = ["../../../../../etc/hostname"]
+    cache.write_text(json.dumps(data))
+    assert images.read_index(root) is None

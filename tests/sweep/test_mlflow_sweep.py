@@ -183,3 +183,131 @@ def test_relative_sqlite_uri_is_made_absolute(uri: str, tmp_path, monkeypatch) -
     monkeypatch.chdir(tmp_path)
     assert resolve_tracking_uri(uri) == f"sqlite:///{tmp_path / 'relative.db'}"
     assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+# ---- a driver that died before Tune saved its state: the trials Tune re-creates keep their configuration's run ----
+
+
+def fake_trial(trial_id: str, sample_index: int, status: str = "RUNNING", last_step: int | None = None) -> Any:
+    from types import SimpleNamespace
+
+    config = {"group": "ERM/te2/ts0", "dataset": "ColoredMNIST-IRM", "algorithm": "ERM", "test_envs": [2],
+              "trial_seed": 0, "sample_index": sample_index, "seed": 100 + sample_index, "hparams": {"lr": 0.001 * (1 + sample_index)}}
+    last = None if last_step is None else {records.STEP: last_step, "val_acc": 0.5}
+    return SimpleNamespace(trial_id=trial_id, config=config, status=status, last_result=last)
+
+
+def report(callback: Any, trial: Any, step: int) -> None:
+    callback.on_trial_result(0, [], trial, {records.STEP: step, "env0_in_acc": step / 1000, "env0_out_acc": 0.5,
+                                            "val_acc": step / 1000, "loss": 0.7, "timestamp": 1_000 + step})
+
+
+def test_resume_re_adopts_or_closes_the_runs_of_trials_tune_lost(tiny_sweep, tmp_path) -> None:
+    from fishr_tune.sweep.mlflow_callback import MlflowCallback, open_journal
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = sweep_spec(tiny_sweep, "lost", uri)
+    journal_dir = tmp_path / "journal"
+    first = MlflowCallback(spec, open_journal(spec, journal_dir))
+    first.start_sweep_run()
+    kept, recreated, gone = fake_trial("kept_00001", 0), fake_trial("lost_00002", 1), fake_trial("gone_00003", 2)
+    for trial in (kept, recreated, gone):
+        first.on_trial_start(0, [], trial)
+        report(first, trial, 0)
+    report(first, recreated, 40)
+    assert first.journal.flush(force=True) == 0  # then the driver is SIGKILLed; Tune's saved state names only `kept`
+
+    second = MlflowCallback(spec, open_journal(spec, journal_dir))
+    second.on_step_begin(0, [kept])
+    again = fake_trial("anew_00004", 1, status="RUNNING")  # the same configuration as `recreated`, a new trial id
+    second.on_trial_start(0, [kept, again], again)
+    for step in (0, 40, 80, 119):  # it trains from step 0 again: the records already logged are not logged twice
+        report(second, again, step)
+    for trial in (kept, again):
+        trial.status, trial.last_result = "TERMINATED", {records.STEP: 119, "val_acc": 0.5}
+    report(second, kept, 119)
+    second.on_trial_complete(0, [kept, again], again)
+    second.on_trial_complete(0, [kept, again], kept)
+    assert second.journal.flush(force=True) == 0
+
+    client = MlflowClient(uri)
+    _, children = mlflow_runs(uri, "lost")
+    by_trial = {run.data.tags["ray_trial_id"]: run for run in children}
+    assert sorted(by_trial) == ["anew_00004", "gone_00003", "kept_00001"]  # one run per configuration
+    assert {t: r.info.status for t, r in by_trial.items()} == {"anew_00004": "FINISHED", "gone_00003": "KILLED",
+                                                              "kept_00001": "FINISHED"}
+    adopted = by_trial["anew_00004"]
+    assert adopted.data.params["lr"] == "0.002" and "continues the run of Ray trial lost_00002" in adopted.data.tags["fishr_tune.note"]
+    assert [m.step for m in client.get_metric_history(adopted.info.run_id, "val_acc")] == [0, 40, 80, 119]
+    assert "no longer knows this trial" in by_trial["gone_00003"].data.tags["fishr_tune.note"]
+
+    third = MlflowCallback(spec, open_journal(spec, journal_dir))  # the journal alone rebuilds who owns what
+    assert third.logged["anew_00004"] == {0, 40, 80, 119} and third.adoptable == {
+        third.digests["gone_00003"]: "gone_00003"}
+
+
+DRIVER = '''
+import json, os, signal, sys
+from ray import tune
+from ray.tune.execution.tune_controller import TuneController
+from fishr_tune.sweep.runner import run_sweep
+from fishr_tune.sweep.spec import build_spec
+
+values, mode = json.loads(sys.argv[1]), sys.argv[2]
+callbacks = []
+if mode == "kill":
+    original = TuneController.checkpoint
+
+    def checkpoint(self, force=False, wait=False):  # Tune's saved state never gets to name a third trial
+        if len(self._trials) <= 2:
+            original(self, force=force, wait=wait)
+
+    TuneController.checkpoint = checkpoint
+
+    class KillDriver(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if len(trials) >= 3 and trial.trial_id == trials[2].trial_id and result.get("step") == 40:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    callbacks = [KillDriver()]
+summary = run_sweep(build_spec(values, "test.yaml"), resume=mode == "resume", num_cpus=2, callbacks=callbacks,
+                    stream=open(os.devnull, "w"))
+print(json.dumps({"trials": summary.trials, "unfinished": summary.unfinished, "finished": summary.finished,
+                  "stopped_early": summary.stopped_early, "failures": summary.failures}))
+'''
+
+
+@pytest.mark.slow
+def test_driver_sigkill_then_resume_leaves_one_run_per_configuration_and_none_running(tiny_sweep, tmp_path) -> None:
+    import subprocess
+    import tempfile
+
+    values = {**tiny_sweep, "name": "killed"}
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rk", dir="/tmp"), "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    env.pop("RAY_ADDRESS", None)
+
+    def drive(mode: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), json.dumps(values), mode], env=env, capture_output=True,
+                              text=True, timeout=900)
+
+    killed = drive("kill")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    uri = values["tracking_uri"]
+    journal = records.read_lines(Path(values["storage_path"]) / "killed" / JOURNAL_DIR / JOURNAL_FILE)
+    started = [op["key"] for op in journal if op["op"] == "start" and op["key"] != "sweep"]
+    assert len(started) == 3 and started[2] not in {op["key"] for op in journal if op["op"] == "end"}, started
+    resumed = drive("resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    outcome = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert (outcome["trials"], outcome["unfinished"], outcome["failures"]) == (4, 0, {}), outcome
+    client = MlflowClient(uri)
+    parent, children = mlflow_runs(uri, "killed")
+    assert len(children) == 4, [(c.data.tags["ray_trial_id"], c.info.status) for c in children]
+    assert len({c.data.tags["fishr_tune.config"] for c in children}) == 4  # one run per configuration
+    assert [c.info.status for c in children] == ["FINISHED"] * 4 and parent.info.status == "FINISHED"
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, records.VAL_ACC)]
+        assert steps == sorted(set(steps)) and steps[0] == 0, (child.data.tags["ray_trial_id"], steps, outcome)
+    assert any("continues the run of Ray trial" in c.data.tags.get("fishr_tune.note", "") for c in children)
