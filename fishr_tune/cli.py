@@ -137,17 +137,21 @@ def reproduce() -> None:
 @click.option("--no-ray", is_flag=True, help="Run the restarts sequentially in this process.")
 @click.option("--output", "output_file", type=click.Path(dir_okay=False), help="Write per-restart results and the summary as JSON.")
 @click.option("--format", "output_format", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@click.option("--inconsistency", "with_inconsistency", is_flag=True, help="Also compute each final model's inconsistency score on the training environments (a second table).")
+@click.option("--epsilon", type=float, default=0.01, show_default=True, help="The score's eps (with --inconsistency).")
 @exits_2_on_bad_input
 def reproduce_colored_mnist_irm(algorithms: str, restarts: int, data_dir: str | None, steps: int, label_noise: float,
                                 seed: int, address: str | None, cpus_per_restart: float | None, no_ray: bool,
-                                output_file: str | None, output_format: str) -> None:
+                                output_file: str | None, output_format: str, with_inconsistency: bool,
+                                epsilon: float) -> None:
     """The Fishr paper's Table 2 (Colored MNIST, IRM setup): train / test / gray test accuracy, ours beside the paper's."""
     from pathlib import Path
 
     from fishr_tune import reproduce as rep
 
     names = rep.parse_algorithms(algorithms)
-    config = rep.ScriptConfig(steps=steps, label_noise=label_noise)
+    config = rep.ScriptConfig(steps=steps, label_noise=label_noise,
+                              inconsistency_epsilon=epsilon if with_inconsistency else None)
     config.check()
     say = functools.partial(click.echo, err=output_format == "json")
 
@@ -162,8 +166,9 @@ def reproduce_colored_mnist_irm(algorithms: str, restarts: int, data_dir: str | 
 
     def on_result(result: Any, done: int, total: int, reproduction: Any) -> None:
         save(reproduction)
+        score = f" inconsistency {result.inconsistency['inconsistency']:.4g}" if result.inconsistency else ""
         say(f"[{done}/{total}] {result.algorithm} restart {result.restart} (seed {result.seed}): train {100 * result.train_acc:.1f} "
-            f"test {100 * result.test_acc:.1f} gray test {100 * result.gray_test_acc:.1f} ({result.wall_s:.0f} s)")
+            f"test {100 * result.test_acc:.1f} gray test {100 * result.gray_test_acc:.1f}{score} ({result.wall_s:.0f} s)")
 
     reproduction = rep.run_reproduction(
         names, restarts, config, seed=seed, data_dir=data_dir, use_ray=not no_ray, address=address,
