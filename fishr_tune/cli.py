@@ -376,10 +376,13 @@ Plots (PNG) are made only with --plots DIR; when reading MLflow they are also lo
 @click.option("--best-config", "best_config", type=click.Path(dir_okay=False), help="Write the selected run's TrainConfig YAML here.")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False), help="Write the long records table as parquet.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write PNG plots into this directory.")
+@click.option("--inconsistency", "with_inconsistency", is_flag=True, help="Add each selected model's inconsistency score (needs its checkpoint at the selected step: `fishr-tune train` dirs under --records).")
+@click.option("--epsilon", type=float, default=0.01, show_default=True, help="The score's eps (with --inconsistency).")
 @exits_2_on_bad_input
 def analyze(experiment: str | None, tracking_uri: str, records_path: str | None, selection_name: str | None,
             output_format: str, algorithm: str | None, test_env: int | None, trial_seed: int | None,
-            best_config: str | None, export_path: str | None, plots_dir: str | None) -> None:
+            best_config: str | None, export_path: str | None, plots_dir: str | None, with_inconsistency: bool = False,
+            epsilon: float = 0.01) -> None:
     from pathlib import Path
 
     from fishr_tune import analyze as an
@@ -417,14 +420,26 @@ def analyze(experiment: str | None, tracking_uri: str, records_path: str | None,
         selected = {m: f[f["test_env"] == test_env] for m, f in selected.items()}
     summaries = an.summaries_of(selected)
     varying = an.varying_hparams(prepared)
+    scores: dict[str, list[Any]] = {}
+    if with_inconsistency:
+        from fishr_tune.inspection import score_selected
+
+        scores = {m: score_selected(f, records_path, epsilon) for m, f in selected.items()}
     if output_format == "json":
-        click.echo(json.dumps(an.results_json(summaries), sort_keys=True))
+        results = an.results_json(summaries)
+        if with_inconsistency:
+            from dataclasses import asdict
+
+            results["inconsistency"] = {m: [asdict(s) for s in found] for m, found in scores.items()}
+        click.echo(json.dumps(results, sort_keys=True))
     elif output_format == "table":
         print_analysis(summaries, selected, varying)
     else:
         click.echo(report.render(summaries, output_format))
         click.echo()
         click.echo(report.render_selected(selected, output_format, varying))
+    if with_inconsistency and output_format != "json":
+        print_inconsistency(scores, epsilon)
     if best_config:
         if methods_for_best not in selected:
             selected.update(an.selections(prepared, (methods_for_best,)))
@@ -449,6 +464,25 @@ def analyze(experiment: str | None, tracking_uri: str, records_path: str | None,
         if sweep is not None:
             an.log_plots_to_mlflow(sweep, paths)
         note(f"Plots: {len(paths)} PNG files in {plots_dir}" + (" (also logged to the sweep's parent run)" if sweep and sweep.parent_run_id else ""))
+
+
+def print_inconsistency(scores: dict[str, list[Any]], epsilon: float) -> None:
+    """One Rich table per selection method: the selected models' scores, or why there is none."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fishr_tune import report
+
+    console = Console(width=max(120, Console().width))
+    for method, found in scores.items():
+        table = Table(title=f"Inconsistency I^eps (eps {epsilon:g}) of the models selected by {report.SELECTION_TITLES[method]}")
+        for column in ("Dataset", "Algorithm", "Test env", "Trial seed", "Run", "Step", "I^eps", "I^eps diagonal", "Note"):
+            table.add_column(column)
+        for s in found:
+            table.add_row(s.dataset, s.algorithm, str(s.test_env), str(s.trial_seed), s.run, str(s.step),
+                          "X" if s.inconsistency is None else f"{s.inconsistency:.5f}",
+                          "X" if s.inconsistency_diagonal is None else f"{s.inconsistency_diagonal:.5f}", s.note)
+        console.print(table)
 
 
 def _rich_progress(items: Any, total: int, description: str) -> Any:

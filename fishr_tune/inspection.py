@@ -138,3 +138,57 @@ def table_lines(inspection: RunInspection) -> list[tuple[str, list[str], list[li
          f"inconsistency I^eps ({r.n_params:,} head parameters, relative damping {r.damping:g})",
          ["computation", "score", "attained by (A -> B)"], score),
     ]
+
+
+@dataclass
+class SelectedScore:
+    """The score of one selected model, or why it could not be computed (None)."""
+
+    dataset: str
+    algorithm: str
+    test_env: int
+    trial_seed: int
+    run: str
+    step: int
+    inconsistency: float | None
+    inconsistency_diagonal: float | None
+    note: str
+
+
+def score_selected(selected: Any, records_root: str | Path | None, epsilon: float = DEFAULT_EPSILON,
+                   damping: float = DEFAULT_DAMPING) -> list[SelectedScore]:
+    """`analyze --inconsistency`: the score of every selected (run, step) whose checkpoint is at that very step.
+
+    Only `fishr-tune train` directories (`--records DIR`) keep a checkpoint next to their records, and only the
+    last one: a model selected at an earlier step, or read from MLflow / Ray / parquet, gets no score and a note
+    saying why (never the score of another step).
+    """
+    check_epsilon(epsilon)
+    check_damping(damping)
+    root = Path(records_root) if records_root is not None else None
+    if root is not None and root.is_file():
+        root = root.parent if root.suffix != ".parquet" else None
+    cache: dict[str, tuple[int, InconsistencyReport] | str] = {}
+    out = []
+    for row in selected.to_dict("records"):
+        run, step = str(row["run"]), int(row["step"])
+        if run not in cache:
+            run_dir = None if root is None else root / run
+            if run_dir is None or not (run_dir / CHECKPOINT_FILE).is_file():
+                cache[run] = ("no checkpoint reachable: only `--records` directories of `fishr-tune train` runs keep "
+                              "one" if run_dir is None else f"no checkpoint at {run_dir / CHECKPOINT_FILE}")
+            else:
+                try:
+                    inspection = inspect_run(run_dir, epsilon=epsilon, damping=damping)
+                    cache[run] = (inspection.step - 1, inspection.report)
+                except ConfigError as error:
+                    cache[run] = f"checkpoint not usable: {error}"
+        found = cache[run]
+        base = (str(row["dataset"]), str(row["algorithm"]), int(row["test_env"]), int(row["trial_seed"]), run, step)
+        if isinstance(found, str):
+            out.append(SelectedScore(*base, None, None, found))
+        elif found[0] != step:
+            out.append(SelectedScore(*base, None, None, f"the checkpoint is at step {found[0]}, not the selected step"))
+        else:
+            out.append(SelectedScore(*base, found[1].inconsistency, found[1].inconsistency_diagonal, "at the selected step"))
+    return out

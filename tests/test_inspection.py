@@ -76,3 +76,19 @@ def test_inspect_without_checkpoint_exits_2(tmp_path: Path, run_dir: Path) -> No
     result = CliRunner().invoke(main, ["inspect", str(tmp_path)])
     assert result.exit_code == 2
     assert f"{tmp_path / CHECKPOINT_FILE} does not exist" in result.output
+
+
+def test_analyze_scores_only_models_whose_checkpoint_is_at_the_selected_step(run_dir: Path) -> None:
+    import pandas as pd
+
+    from fishr_tune.inspection import inspect_run, score_selected
+
+    base = {"dataset": "ColoredMNIST-IRM", "algorithm": "Fishr", "test_env": 2, "trial_seed": 0}
+    selected = pd.DataFrame([{**base, "run": "run", "step": 3}, {**base, "run": "run", "step": 1},
+                             {**base, "run": "gone", "step": 3}])
+    exact, earlier, missing = score_selected(selected, run_dir.parent, epsilon=0.05)
+    assert exact.inconsistency == inspect_run(run_dir, epsilon=0.05).report.inconsistency
+    assert earlier.inconsistency is None and "checkpoint is at step 3" in earlier.note
+    assert missing.inconsistency is None and "no checkpoint at" in missing.note
+    (unreachable,) = score_selected(selected.iloc[:1], None)
+    assert unreachable.inconsistency is None and "no checkpoint reachable" in unreachable.note
