@@ -479,7 +479,9 @@ def print_inconsistency(scores: dict[str, list[Any]], epsilon: float) -> None:
         for column in ("Dataset", "Algorithm", "Test env", "Trial seed", "Run", "Step", "I^eps", "I^eps diagonal", "Note"):
             table.add_column(column)
         for s in found:
-            table.add_row(s.dataset, s.algorithm, str(s.test_env), str(s.trial_seed), s.run, str(s.step),
+            group = s.selected
+            table.add_row(group["dataset"], group["algorithm"], str(group["test_env"]), str(group["trial_seed"]),
+                          group["run"], str(group["step"]),
                           "X" if s.inconsistency is None else f"{s.inconsistency:.5f}",
                           "X" if s.inconsistency_diagonal is None else f"{s.inconsistency_diagonal:.5f}", s.note)
         console.print(table)

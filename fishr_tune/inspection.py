@@ -144,12 +144,7 @@ def table_lines(inspection: RunInspection) -> list[tuple[str, list[str], list[li
 class SelectedScore:
     """The score of one selected model, or why it could not be computed (None)."""
 
-    dataset: str
-    algorithm: str
-    test_env: int
-    trial_seed: int
-    run: str
-    step: int
+    selected: dict[str, Any]  # the selection's group (dataset, algorithm, test_env, trial_seed), run and step
     inconsistency: float | None
     inconsistency_diagonal: float | None
     note: str
@@ -184,11 +179,12 @@ def score_selected(selected: Any, records_root: str | Path | None, epsilon: floa
                 except ConfigError as error:
                     cache[run] = f"checkpoint not usable: {error}"
         found = cache[run]
-        base = (str(row["dataset"]), str(row["algorithm"]), int(row["test_env"]), int(row["trial_seed"]), run, step)
+        base = {"dataset": str(row["dataset"]), "algorithm": str(row["algorithm"]), "test_env": int(row["test_env"]),
+                "trial_seed": int(row["trial_seed"]), "run": run, "step": step}
         if isinstance(found, str):
-            out.append(SelectedScore(*base, None, None, found))
+            out.append(SelectedScore(base, None, None, found))
         elif found[0] != step:
-            out.append(SelectedScore(*base, None, None, f"the checkpoint is at step {found[0]}, not the selected step"))
+            out.append(SelectedScore(base, None, None, f"the checkpoint is at step {found[0]}, not the selected step"))
         else:
-            out.append(SelectedScore(*base, found[1].inconsistency, found[1].inconsistency_diagonal, "at the selected step"))
+            out.append(SelectedScore(base, found[1].inconsistency, found[1].inconsistency_diagonal, "at the selected step"))
     return out
