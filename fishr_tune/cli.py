@@ -120,6 +120,41 @@ class RecordPrinter:
         click.echo("  ".join(cells))
 
 
+@main.command("inspect")
+@click.argument("run_dir", type=click.Path())
+@click.option("--epsilon", type=float, default=0.01, show_default=True, help="eps of the score: A's risk may rise by at most eps.")
+@click.option("--damping", type=float, default=1e-3, show_default=True, help="H_A + delta I with delta = damping * lambda_max(H_A): bounds the flat directions.")
+@click.option("--method", type=click.Choice(["auto", "dense", "lanczos"]), default="auto", show_default=True, help="Exact dense Hessians (auto: heads up to 4,096 parameters) or Lanczos on Hessian-vector products.")
+@click.option("--data-dir", help="Where the run's data is, if not where config.yaml says.")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@exits_2_on_bad_input
+def inspect_command(run_dir: str, epsilon: float, damping: float, method: str, data_dir: str | None, output_format: str) -> None:
+    """Inconsistency score of a trained run (a `fishr-tune train` output dir) on its training environments.
+
+    I^eps = max over ordered pairs (A, B) of R_B - R_A + max_{1/2 t'H_A t <= eps} 1/2 t'H_B t, on the classifier head
+    at the run's checkpoint: per-domain risks, both terms per pair, the score (exact, and with Fishr's diagonal
+    gradient variances in place of the Hessians) and Fishr's gradient-variance penalty.
+    """
+    from fishr_tune import inspection
+
+    result = inspection.inspect_run(run_dir, epsilon=epsilon, damping=damping, method=method,  # type: ignore[arg-type]
+                                    data_dir=data_dir)
+    if output_format == "json":
+        click.echo(inspection.format_json(result))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(120, Console().width))
+    for title, header, rows in inspection.table_lines(result):
+        table = Table(title=title)
+        for i, column in enumerate(header):
+            table.add_column(column, justify="left" if i < 2 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+
 @main.group()
 def reproduce() -> None:
     """Reproduce published results with the original scripts' protocols."""
@@ -137,17 +172,21 @@ def reproduce() -> None:
 @click.option("--no-ray", is_flag=True, help="Run the restarts sequentially in this process.")
 @click.option("--output", "output_file", type=click.Path(dir_okay=False), help="Write per-restart results and the summary as JSON.")
 @click.option("--format", "output_format", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@click.option("--inconsistency", "with_inconsistency", is_flag=True, help="Also compute each final model's inconsistency score on the training environments (a second table).")
+@click.option("--epsilon", type=float, default=0.01, show_default=True, help="The score's eps (with --inconsistency).")
 @exits_2_on_bad_input
 def reproduce_colored_mnist_irm(algorithms: str, restarts: int, data_dir: str | None, steps: int, label_noise: float,
                                 seed: int, address: str | None, cpus_per_restart: float | None, no_ray: bool,
-                                output_file: str | None, output_format: str) -> None:
+                                output_file: str | None, output_format: str, with_inconsistency: bool,
+                                epsilon: float) -> None:
     """The Fishr paper's Table 2 (Colored MNIST, IRM setup): train / test / gray test accuracy, ours beside the paper's."""
     from pathlib import Path
 
     from fishr_tune import reproduce as rep
 
     names = rep.parse_algorithms(algorithms)
-    config = rep.ScriptConfig(steps=steps, label_noise=label_noise)
+    config = rep.ScriptConfig(steps=steps, label_noise=label_noise,
+                              inconsistency_epsilon=epsilon if with_inconsistency else None)
     config.check()
     say = functools.partial(click.echo, err=output_format == "json")
 
@@ -162,8 +201,9 @@ def reproduce_colored_mnist_irm(algorithms: str, restarts: int, data_dir: str | 
 
     def on_result(result: Any, done: int, total: int, reproduction: Any) -> None:
         save(reproduction)
+        score = f" inconsistency {result.inconsistency['inconsistency']:.4g}" if result.inconsistency else ""
         say(f"[{done}/{total}] {result.algorithm} restart {result.restart} (seed {result.seed}): train {100 * result.train_acc:.1f} "
-            f"test {100 * result.test_acc:.1f} gray test {100 * result.gray_test_acc:.1f} ({result.wall_s:.0f} s)")
+            f"test {100 * result.test_acc:.1f} gray test {100 * result.gray_test_acc:.1f}{score} ({result.wall_s:.0f} s)")
 
     reproduction = rep.run_reproduction(
         names, restarts, config, seed=seed, data_dir=data_dir, use_ray=not no_ray, address=address,
@@ -363,10 +403,13 @@ Plots (PNG) are made only with --plots DIR; when reading MLflow they are also lo
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write PNG plots into this directory.")
 @click.option("--log-model", "log_model", is_flag=True,
               help="Log each group's selected checkpoint as an MLflow model on its trial run (MLflow source only).")
+@click.option("--inconsistency", "with_inconsistency", is_flag=True, help="Add each selected model's inconsistency score (needs its checkpoint at the selected step: `fishr-tune train` dirs under --records).")
+@click.option("--epsilon", type=float, default=0.01, show_default=True, help="The score's eps (with --inconsistency).")
 @exits_2_on_bad_input
 def analyze(experiment: str | None, tracking_uri: str, records_path: str | None, selection_name: str | None,
             output_format: str, algorithm: str | None, test_env: int | None, trial_seed: int | None,
-            best_config: str | None, export_path: str | None, plots_dir: str | None, log_model: bool = False) -> None:
+            best_config: str | None, export_path: str | None, plots_dir: str | None, log_model: bool = False,
+            with_inconsistency: bool = False, epsilon: float = 0.01) -> None:
     from pathlib import Path
 
     from fishr_tune import analyze as an
@@ -406,14 +449,26 @@ def analyze(experiment: str | None, tracking_uri: str, records_path: str | None,
         selected = {m: f[f["test_env"] == test_env] for m, f in selected.items()}
     summaries = an.summaries_of(selected)
     varying = an.varying_hparams(prepared)
+    scores: dict[str, list[Any]] = {}
+    if with_inconsistency:
+        from fishr_tune.inspection import score_selected
+
+        scores = {m: score_selected(f, records_path, epsilon) for m, f in selected.items()}
     if output_format == "json":
-        click.echo(json.dumps(an.results_json(summaries), sort_keys=True))
+        results = an.results_json(summaries)
+        if with_inconsistency:
+            from dataclasses import asdict
+
+            results["inconsistency"] = {m: [asdict(s) for s in found] for m, found in scores.items()}
+        click.echo(json.dumps(results, sort_keys=True))
     elif output_format == "table":
         print_analysis(summaries, selected, varying)
     else:
         click.echo(report.render(summaries, output_format))
         click.echo()
         click.echo(report.render_selected(selected, output_format, varying))
+    if with_inconsistency and output_format != "json":
+        print_inconsistency(scores, epsilon)
     if best_config:
         if methods_for_best not in selected:
             selected.update(an.selections(prepared, (methods_for_best,)))
@@ -445,6 +500,27 @@ def analyze(experiment: str | None, tracking_uri: str, records_path: str | None,
         if sweep is not None:
             an.log_plots_to_mlflow(sweep, paths)
         note(f"Plots: {len(paths)} PNG files in {plots_dir}" + (" (also logged to the sweep's parent run)" if sweep and sweep.parent_run_id else ""))
+
+
+def print_inconsistency(scores: dict[str, list[Any]], epsilon: float) -> None:
+    """One Rich table per selection method: the selected models' scores, or why there is none."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fishr_tune import report
+
+    console = Console(width=max(120, Console().width))
+    for method, found in scores.items():
+        table = Table(title=f"Inconsistency I^eps (eps {epsilon:g}) of the models selected by {report.SELECTION_TITLES[method]}")
+        for column in ("Dataset", "Algorithm", "Test env", "Trial seed", "Run", "Step", "I^eps", "I^eps diagonal", "Note"):
+            table.add_column(column)
+        for s in found:
+            group = s.selected
+            table.add_row(group["dataset"], group["algorithm"], str(group["test_env"]), str(group["trial_seed"]),
+                          group["run"], str(group["step"]),
+                          "X" if s.inconsistency is None else f"{s.inconsistency:.5f}",
+                          "X" if s.inconsistency_diagonal is None else f"{s.inconsistency_diagonal:.5f}", s.note)
+        console.print(table)
 
 
 def _rich_progress(items: Any, total: int, description: str) -> Any:

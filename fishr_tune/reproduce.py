@@ -36,6 +36,7 @@ from torch import nn
 from fishr_tune.data import MultiDomainDataset, get_dataset
 from fishr_tune.errors import ConfigError, unknown_name_error
 from fishr_tune.gradvar import get_engine
+from fishr_tune.inconsistency import Domain, check_epsilon, inconsistency
 from fishr_tune.networks import MLP
 
 DATASET_NAME = "ColoredMNIST-IRM"
@@ -86,8 +87,12 @@ class ScriptConfig:
     penalty_anneal_iters: int = 190
     penalty_weight: float = 91257.18613115903
     log_every: int = 100
+    # Not the script's: the inconsistency score of the final model on the training environments (None: off).
+    inconsistency_epsilon: float | None = None
 
     def check(self) -> None:
+        if self.inconsistency_epsilon is not None:
+            check_epsilon(self.inconsistency_epsilon)
         if self.steps < 1:
             raise ConfigError(f"--steps: expected a positive number of steps, got {self.steps}")
         if not 0.0 <= self.label_noise <= 1.0:
@@ -243,6 +248,8 @@ class RestartResult:
     penalty: float
     wall_s: float
     history: list[dict[str, float]] = field(default_factory=list)
+    # fishr_tune.inconsistency's report (JSON) of the final model, when ScriptConfig.inconsistency_epsilon is set.
+    inconsistency: dict[str, Any] | None = None
 
 
 @torch.no_grad()
@@ -289,10 +296,24 @@ def train_restart(
                     f"train acc {out.train_acc:.3f} penalty {out.penalty:.4g} test acc {test_acc:.3f} "
                     f"gray test acc {gray_acc:.3f}"
                 )
+    wall_s = time.perf_counter() - start
+    score = None
+    if config.inconsistency_epsilon is not None:
+        score = restart_inconsistency(model, envs_x, envs_y, config.inconsistency_epsilon)
     return RestartResult(
         algorithm, restart, seed, record["train_acc"], record["test_acc"], record["gray_test_acc"],
-        record["train_nll"], record["penalty"], time.perf_counter() - start, history,
+        record["train_nll"], record["penalty"], wall_s, history, score,
     )
+
+
+def restart_inconsistency(model: IrmMLP, envs_x: Sequence[torch.Tensor], envs_y: Sequence[torch.Tensor],
+                          epsilon: float) -> dict[str, Any]:
+    """The score of the trained model (after its last update) on the training environments, whole, with the
+    script's binary cross-entropy as each environment's risk (the L2 term is the same for every environment)."""
+    model.eval()
+    with torch.no_grad():
+        domains = [Domain(f"env{i}", model.body(x), y) for i, x, y in zip(TRAIN_ENVS, envs_x, envs_y)]
+    return inconsistency(model.classifier, domains, "binary_cross_entropy", epsilon=epsilon).to_json()
 
 
 def build_restart_dataset(seed: int, data_dir: str | None, label_noise: float) -> MultiDomainDataset:
@@ -340,6 +361,20 @@ class Reproduction:
                 }
         return out
 
+    def inconsistency_summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per algorithm and term of the score (restarts that computed it): mean and population std."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for algorithm in self.algorithms:
+            reports = [r.inconsistency for r in self.results if r.algorithm == algorithm and r.inconsistency]
+            if not reports:
+                continue
+            out[algorithm] = {}
+            for name, extract in INCONSISTENCY_TERMS.items():
+                values = torch.tensor([extract(report) for report in reports], dtype=torch.float64)
+                out[algorithm][name] = {"mean": float(values.mean()), "std": float(values.std(unbiased=False)),
+                                        "n": len(reports)}
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {
             "benchmark": "Fishr paper Table 2: Colored MNIST, IRM setup",
@@ -354,6 +389,7 @@ class Reproduction:
             "complete": self.complete,
             "results": [asdict(r) for r in self.results],
             "summary_percent": self.summary_percent(),
+            "inconsistency_summary": self.inconsistency_summary(),
             "paper_percent": {a: {m: {"mean": v[0], "std": v[1]} for m, v in paper_numbers(a).items()}
                               for a in self.algorithms if paper_numbers(a)},
             "reference_percent": {"optimal_invariant": dict(OPTIMAL_INVARIANT_PERCENT)},
@@ -366,6 +402,27 @@ def paper_numbers(algorithm: str) -> dict[str, tuple[float, float]]:
 
 
 ResultCallback = Callable[[RestartResult, int, int, Reproduction], None]
+
+
+def _argmax_pair(report: dict[str, Any], diagonal: bool = False) -> dict[str, Any]:
+    a, b = report["argmax_diagonal" if diagonal else "argmax"]
+    return next(p for p in report["pairs"] if p["a"] == a and p["b"] == b)
+
+
+def _largest_cross_eigenvalue(report: dict[str, Any]) -> float:
+    return max(p["generalized_eigenvalue"] for p in report["pairs"] if p["a"] != p["b"])
+
+
+# The score's terms shown per algorithm: the score, the two terms of the pair that attains it, the largest
+# cross-domain generalized eigenvalue (eps-free), the diagonal (Fishr) approximation and Fishr's penalty.
+INCONSISTENCY_TERMS: dict[str, Callable[[dict[str, Any]], float]] = {
+    "inconsistency": lambda r: r["inconsistency"],
+    "risk_gap": lambda r: _argmax_pair(r)["risk_gap"],
+    "curvature": lambda r: _argmax_pair(r)["curvature"],
+    "max_generalized_eigenvalue": _largest_cross_eigenvalue,
+    "inconsistency_diagonal": lambda r: r["inconsistency_diagonal"],
+    "fishr_penalty": lambda r: r["fishr_penalty"],
+}
 
 
 def run_reproduction(
@@ -511,19 +568,56 @@ def notes(reproduction: Reproduction) -> list[str]:
     return lines
 
 
+INCONSISTENCY_HEADER = ["Algorithm", "Restarts", "I^eps", "R_B - R_A", "eps*lambda", "lambda_max (A!=B)",
+                        "I^eps diagonal", "Fishr penalty"]
+
+
+def inconsistency_rows(reproduction: Reproduction) -> tuple[list[str], list[list[str]]]:
+    """The score's table (empty when no restart computed it): mean ± std over restarts per term."""
+    summary = reproduction.inconsistency_summary()
+    rows = []
+    for algorithm, terms in summary.items():
+        rows.append([algorithm, str(terms["inconsistency"]["n"]),
+                     *(f"{terms[name]['mean']:.4g} ± {terms[name]['std']:.2g}" for name in INCONSISTENCY_TERMS)])
+    return INCONSISTENCY_HEADER, rows
+
+
+def inconsistency_notes(reproduction: Reproduction) -> list[str]:
+    epsilon = reproduction.config.inconsistency_epsilon
+    return [f"Inconsistency score (eps {epsilon:g}) of the final model on the two training environments: "
+            "I^eps = max over ordered pairs (A, B) of R_B - R_A + eps * lambda_max(H_B, H_A + delta I) on the head; "
+            "R_B - R_A and eps*lambda are the pair that attains it; diagonal: H_e replaced by Fishr's gradient "
+            "variances. See fishr_tune/inconsistency.py."]
+
+
+def inconsistency_block(reproduction: Reproduction, markdown: bool) -> list[str]:
+    """The score's table and its note, as lines to append after the accuracy table (none when not computed)."""
+    header, rows = inconsistency_rows(reproduction)
+    if not rows:
+        return []
+    if markdown:
+        table = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        table += ["| " + " | ".join(row) + " |" for row in rows]
+    else:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+        table.insert(1, "  ".join("-" * w for w in widths))
+    return ["", *table, "", *inconsistency_notes(reproduction)]
+
+
 def format_table(reproduction: Reproduction) -> str:
     header, rows = table_rows(reproduction)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines + [""] + notes(reproduction))
+    return "\n".join(lines + [""] + notes(reproduction) + inconsistency_block(reproduction, markdown=False))
 
 
 def format_markdown(reproduction: Reproduction) -> str:
     header, rows = table_rows(reproduction)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines + [""] + notes(reproduction))
+    return "\n".join(lines + [""] + notes(reproduction) + inconsistency_block(reproduction, markdown=True))
 
 
 FORMATS: dict[str, Callable[[Reproduction], str]] = {"table": format_table, "markdown": format_markdown}

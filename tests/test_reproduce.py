@@ -325,3 +325,15 @@ def test_default_algorithms_include_the_oracle() -> None:
 
     default = next(p.default for p in reproduce_colored_mnist_irm.params if p.name == "algorithms")
     assert rep.parse_algorithms(default) == ["ERM", "IRM", "VREx", "Fishr", "ERM-grayscale"]
+
+def test_restart_inconsistency_scores_the_trained_model(small_problem) -> None:
+    model, envs_x, envs_y = small_problem
+    report = rep.restart_inconsistency(model, envs_x, envs_y, epsilon=0.1)
+    with torch.no_grad():
+        risks = [float(_hand_bce(model(x)[1].reshape(-1).double(), y).mean()) for x, y in zip(envs_x, envs_y)]
+    assert [d["risk"] for d in report["domains"]] == pytest.approx(risks, rel=1e-6)
+    assert report["inconsistency"] == max(p["total"] for p in report["pairs"])
+    result = rep.RestartResult("ERM", 0, 0, 0.5, 0.5, 0.5, 0.7, 0.0, 1.0, inconsistency=report)
+    reproduction = rep.Reproduction(["ERM"], 1, 0, rep.ScriptConfig(inconsistency_epsilon=0.1), "", {}, [result], 1.0, "test")
+    assert reproduction.inconsistency_summary()["ERM"]["inconsistency"]["mean"] == pytest.approx(report["inconsistency"])
+    assert "I^eps" in rep.format_table(reproduction) and "I^eps" in rep.format_markdown(reproduction)
