@@ -68,7 +68,7 @@ def test_ray_up_submit_analyze_down_on_this_machine() -> None:
     started = time.monotonic()
     try:
         done = subprocess.run(
-            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, __file__, str(scratch)],
+            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, __file__, str(scratch)],
             capture_output=True, text=True, timeout=3500, cwd=REPO,
         )
     finally:
@@ -123,6 +123,7 @@ def scenario(scratch: Path) -> dict[str, Any]:
         sh("usermod", "--home", str(home), USER)
     else:
         sh("useradd", "--home-dir", str(home), "--shell", "/bin/bash", "--user-group", USER)
+    sh("usermod", "--password", "*", USER)  # no password to log in with, but not locked: sshd admits its key
     shutil.copytree("/etc/skel", home)
     key = client / ".ssh" / "id_ed25519"
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
