@@ -221,7 +221,7 @@ def test_trials_in_flight_grow_when_workers_join_after_submit(cluster_without_wo
     looks like when `ray submit` follows `ray up` at once); two one-GPU workers join once the sweep runs. Trials
     must then run two at a time, on both: a concurrency computed at submit time would stay at one."""
     cluster = cluster_without_workers_yet
-    spec = {**TINY_SWEEP, "name": "joined_later", "steps": 300, "checkpoint_freq": 50,
+    spec = {**TINY_SWEEP, "name": "joined_later", "steps": 1000, "checkpoint_freq": 100,
             "search": {"algorithm": "random", "num_samples": 4, "seed": 0}}
     spec_file = tmp_path / "tiny.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
@@ -253,7 +253,8 @@ def test_trials_in_flight_grow_when_workers_join_after_submit(cluster_without_wo
     spans = trial_spans(experiment)
     assert len(spans) == 4
     nodes = set().union(*(n for _, _, n in spans.values()))
-    assert len(nodes) == 2  # both workers ran trials
+    joined = {n["NodeID"]: n["Resources"] for n in alive_nodes(cluster["address"], cluster["env"])}
+    assert len(nodes) == 2, (spans, joined)  # both workers ran trials
     # and two trials were in flight at once, for longer than the timestamps' one-second resolution blurs
     overlaps = [min(a[1], b[1]) - max(a[0], b[0]) for i, a in enumerate(spans.values())
                 for j, b in enumerate(spans.values()) if i < j]
