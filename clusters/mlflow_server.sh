@@ -55,11 +55,11 @@ stop() {
     stop_pid_file "$pid_file" "mlflow server"
 }
 
-watch() {  # $1: the Ray head's GCS pid, $2: the server's pid; stops that server (checked by its command line)
+watch() {  # $1: the Ray head's GCS pid, $2: the server's pid; stops that server if it is still the one started
     tail --pid="$1" -f /dev/null
-    if runs "$2" "mlflow server"; then
-        kill -TERM -- "-$2" 2>/dev/null || true
-        if [ "$(cat "$pid_file" 2>/dev/null)" = "$2" ]; then rm -f "$pid_file" "$watcher_file"; fi
+    if [ "$(cat "$pid_file" 2>/dev/null)" = "$2" ]; then
+        rm -f "$watcher_file"
+        stop_pid_file "$pid_file" "mlflow server"
     fi
 }
 
@@ -90,7 +90,7 @@ start() {
         sleep 0.5
     done
     local gcs
-    gcs="$(pgrep -u "$(id -u)" -f 'gcs_server' | head -n 1 || true)"
+    gcs="$(pgrep -u "$(id -u)" -x gcs_server | head -n 1 || true)"  # the process name: no other Ray process
     if [ -n "$gcs" ]; then
         setsid nohup "$(readlink -f "$0")" watch "$gcs" "$pid" > /dev/null 2>&1 < /dev/null &
         echo "$!" > "$watcher_file"
