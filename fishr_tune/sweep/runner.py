@@ -7,7 +7,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,6 +36,7 @@ class GroupCounts:
     finished: int = 0
     stopped_early: int = 0
     failed: int = 0
+    unfinished: int = 0  # cut off by an interruption before Tune saw its end (continue with --resume)
     best_val_acc: float | None = None
     best_trial: str | None = None
     best_hparams: dict[str, Any] | None = None
@@ -91,13 +93,20 @@ class SweepSummary:
         return out
 
 
-def trial_outcome(trial: Any, steps: int) -> str:
-    """running / pending / finished / stopped_early / failed, from Tune's status and the last result."""
+def trial_outcome(trial: Any, steps: int, completed: Collection[str] = ()) -> str:
+    """running / pending / finished / stopped_early / failed / unfinished, from Tune's status and the last result.
+
+    A trial ended when Tune completed it in this session (`completed`: on_trial_complete, for a trainable that
+    returned or a trial the scheduler stopped) or marked its last result `done` in an earlier one. A trial that an
+    interruption (Ctrl-C, a lost driver) cut off is TERMINATED without either, even after logging its final step,
+    and --resume runs it on: it is unfinished, neither finished nor stopped early."""
     last = trial.last_result or {}
     if trial.status == "ERROR" or last.get(FAILURE_KEY):
         return "failed"
     if trial.status in ("RUNNING", "PENDING", "PAUSED"):
         return trial.status.lower() if trial.status != "PAUSED" else "pending"
+    if not (last.get("done") or trial.trial_id in completed):
+        return "unfinished"
     if last.get(records.STEP, -1) >= steps - 1:
         return "finished"
     return "stopped_early"
@@ -114,14 +123,14 @@ def failure_reason(trial: Any) -> str:
     return "error"
 
 
-def count_groups(trials: Sequence[Any], spec: SweepSpec) -> dict[str, GroupCounts]:
+def count_groups(trials: Sequence[Any], spec: SweepSpec, completed: Collection[str] = ()) -> dict[str, GroupCounts]:
     groups = {group.key: GroupCounts() for group in spec.groups}
     for trial in trials:
         key = trial.config.get(GROUP_KEY)
         if key not in groups:
             continue
         counts = groups[key]
-        outcome = trial_outcome(trial, spec.settings.steps)
+        outcome = trial_outcome(trial, spec.settings.steps, completed)
         setattr(counts, outcome, getattr(counts, outcome) + 1)
         best = trial.metric_analysis.get(records.VAL_ACC, {}).get("max") if hasattr(trial, "metric_analysis") else None
         if best is not None and math.isfinite(best) and (counts.best_val_acc is None or best > counts.best_val_acc):
@@ -131,9 +140,10 @@ def count_groups(trials: Sequence[Any], spec: SweepSpec) -> dict[str, GroupCount
     return groups
 
 
-def summarize(trials: Sequence[Any], spec: SweepSpec, experiment_dir: str, wall_time_s: float) -> SweepSummary:
-    groups = count_groups(trials, spec)
-    outcomes = [trial_outcome(t, spec.settings.steps) for t in trials]
+def summarize(trials: Sequence[Any], spec: SweepSpec, experiment_dir: str, wall_time_s: float,
+              completed: Collection[str] = ()) -> SweepSummary:
+    groups = count_groups(trials, spec, completed)
+    outcomes = [trial_outcome(t, spec.settings.steps, completed) for t in trials]
     never_started = spec.total_samples - len(trials)
     return SweepSummary(
         name=spec.name,
@@ -142,7 +152,8 @@ def summarize(trials: Sequence[Any], spec: SweepSpec, experiment_dir: str, wall_
         finished=outcomes.count("finished"),
         stopped_early=outcomes.count("stopped_early"),
         failed=outcomes.count("failed"),
-        unfinished=outcomes.count("running") + outcomes.count("pending") + max(never_started, 0),
+        unfinished=outcomes.count("running") + outcomes.count("pending") + outcomes.count("unfinished")
+        + max(never_started, 0),
         steps_trained=sum(int((t.last_result or {}).get(STEPS_TRAINED, 0)) for t in trials),
         steps_without_early_stopping=spec.total_samples * spec.settings.steps,
         trial_compute_s=sum(float((t.last_result or {}).get("time_total_s", 0.0)) for t in trials),
@@ -172,6 +183,7 @@ class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
         self.last_state: Any = None
         self.live: Any = None
         self.trials: list[Any] = []
+        self.completed: set[str] = set()  # trials Tune completed in this session (returned or stopped)
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the experiment: keep the settings, drop the terminal and the trials."""
@@ -191,6 +203,9 @@ class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
             table.add_row(key, str(c.running), str(c.finished), str(c.stopped_early), str(c.failed), best)
         return table
 
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.completed.add(trial.trial_id)
+
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         self.trials = trials
         now = time.monotonic()
@@ -200,7 +215,7 @@ class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
         self.last_print = now
 
     def show(self, trials: Sequence[Any]) -> None:
-        groups = count_groups(trials, self.spec)
+        groups = count_groups(trials, self.spec, self.completed)
         if self.stream.isatty():
             from rich.console import Console
             from rich.live import Live
@@ -331,14 +346,32 @@ def autoscaling_slots(spec: SweepSpec, config_path: str = AUTOSCALING_CONFIG) ->
 
 
 def trial_slots(spec: SweepSpec) -> int:
-    """How many trials fit on the cluster at once (or on the largest one its autoscaler may build): Tune keeps
-    only one trial pending for a custom searcher unless the concurrency is given, which would start trials one
-    actor start-up (or one node launch) at a time."""
+    """How many trials fit on the cluster at once (or on the largest one its autoscaler may build)."""
     import ray
 
     cluster = ray.cluster_resources()
     now = _slots_on({"CPU": cluster.get("CPU", 1.0), "GPU": cluster.get("GPU", 0.0)}, spec)
     return max(1, now, autoscaling_slots(spec))
+
+
+PENDING_TRIALS_ENV = "TUNE_MAX_PENDING_TRIALS_PG"
+
+
+@contextmanager
+def trials_follow_the_cluster(spec: SweepSpec) -> Iterator[int]:
+    """No cap on trials in flight (Tune starts one wherever resources free up, also on nodes that join later),
+    and as many trials kept pending as fit on the cluster now or on the largest one its autoscaler may build:
+    Tune keeps only one pending for a custom searcher otherwise, so a cluster that starts empty would start (and
+    the autoscaler add nodes for) trials one at a time. Computed again by every run, --resume included; a
+    TUNE_MAX_PENDING_TRIALS_PG set by the user wins."""
+    previous = os.environ.get(PENDING_TRIALS_ENV)
+    pending = int(previous) if previous else trial_slots(spec)
+    os.environ[PENDING_TRIALS_ENV] = str(pending)
+    try:
+        yield pending
+    finally:
+        if previous is None:
+            os.environ.pop(PENDING_TRIALS_ENV, None)
 
 
 def build_datasets(spec: SweepSpec) -> dict[str, Any]:
@@ -417,6 +450,8 @@ def run_sweep(
             # Tuner.restore brings back the first session's callbacks; this session's display (and any callbacks
             # the caller passes now) replace them. Tuner has no public setter for this in Ray 2.60.
             tuner._local_tuner.get_run_config().callbacks = run_callbacks
+            # A sweep started before concurrency followed the cluster saved the cap it had then; drop it.
+            tuner._local_tuner._tune_config.max_concurrent_trials = None
         else:
             location.write_text(SPEC_FILE, yaml.safe_dump(_spec_snapshot(spec), sort_keys=False))
             searcher, scheduler = make_search(spec)
@@ -425,7 +460,7 @@ def run_sweep(
                 tune_config=tune.TuneConfig(
                     metric=records.VAL_ACC, mode="max", search_alg=searcher, scheduler=scheduler,
                     num_samples=spec.total_samples, reuse_actors=True,
-                    max_concurrent_trials=trial_slots(spec),
+                    max_concurrent_trials=None,  # see trials_follow_the_cluster
                 ),
                 run_config=tune.RunConfig(
                     name=spec.name,
@@ -436,13 +471,14 @@ def run_sweep(
                     verbose=0,
                 ),
             )
-        tuner.fit()
-        summary = summarize(progress.trials, spec, location.uri, time.monotonic() - started)
-        location.write_text(SUMMARY_FILE, summary.to_json() + "\n")
+        with trials_follow_the_cluster(spec):
+            tuner.fit()
+        summary = summarize(progress.trials, spec, location.uri, time.monotonic() - started, progress.completed)
         summary.mlflow_pending = finish_sweep_run(mlflow_callback, summary)
         summary.mlflow_error = journal.last_error
         summary.mlflow_journal = str(journal.directory)
         summary.tracking_uri = journal.tracking_uri
+        location.write_text(SUMMARY_FILE, summary.to_json() + "\n")  # once, complete
         return summary
     finally:
         if started_ray:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +49,14 @@ def test_every_provider_has_a_config() -> None:
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
 def test_config_passes_rays_preparation_and_schema(path: Path) -> None:
     config = prepared(load(path))
-    assert config["file_mounts"] == {"~/fishr-tune": "."}
-    # Setup installs the uploaded repository on every node (the setup commands are merged into each node's list).
+    # The repository, and Ray's auth token by its path on the user's machine (token authentication stays on).
+    assert config["file_mounts"] == {"~/fishr-tune": ".", "~/.ray/auth_token": "~/.ray/auth_token"}
+    # Setup installs the uploaded repository on every node (the setup commands are merged into each node's list),
+    # into the venv that node_env.sh creates first, never into the system Python (PEP 668 refuses it).
     for commands in (config["head_setup_commands"], config["worker_setup_commands"]):
-        assert any("pip install" in c and "-e ~/fishr-tune" in c for c in commands)
+        assert commands[0] == "bash ~/fishr-tune/clusters/node_env.sh"
+        assert any("~/fishr-tune-venv/bin/python -m pip install -e ~/fishr-tune" in c for c in commands)
+        assert not any(re.search(r"(^|\s)python3 -m pip|--user", c) for c in commands)
     node_types = config["available_node_types"]
     assert config["head_node_type"] in node_types
 
@@ -72,12 +78,58 @@ def test_head_offers_no_cpu_to_trials(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
-def test_mlflow_server_starts_on_the_head_bound_to_localhost(path: Path) -> None:
+def test_mlflow_server_starts_on_the_head_through_the_script(path: Path) -> None:
+    """One start command, by the idempotent script (which binds 127.0.0.1 unless MLFLOW_HOST says otherwise)."""
     config = load(path)
-    servers = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
-    assert len(servers) == 1
-    assert "--host 127.0.0.1" in servers[0] and "--backend-store-uri sqlite:///" in servers[0]
-    assert not any("mlflow server" in c for c in config["worker_start_ray_commands"] + config["setup_commands"])
+    servers = [c for c in config["head_start_ray_commands"] if "mlflow" in c]
+    assert servers == [c for c in servers if c.startswith("bash ~/fishr-tune/clusters/mlflow_server.sh start sqlite:///")]
+    assert len(servers) == 1 and "MLFLOW_HOST" not in servers[0]
+    assert config["head_start_ray_commands"][-1] == servers[0]  # after `ray start`: its watcher follows the head
+    others = config["worker_start_ray_commands"] + config["setup_commands"] + config["initialization_commands"]
+    assert not any("mlflow" in c for c in others)
+    script = (CLUSTERS / "mlflow_server.sh").read_text(encoding="utf-8")
+    assert 'host="${MLFLOW_HOST:-127.0.0.1}"' in script
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_requirements_are_checked_before_anything_is_uploaded_or_installed(path: Path) -> None:
+    """initialization_commands run before Ray's rsync of file_mounts and before setup: rsync and python3-venv,
+    and the shared directory where the sweeps live on one (local, gcp), each named in a one-line message."""
+    config = load(path)
+    check = config["initialization_commands"][0]
+    assert "command -v rsync" in check and "import ensurepip" in check and "exit 1" in check
+    if "/mnt/fishr-tune" in " ".join(config["head_start_ray_commands"]):
+        assert any("/mnt/fishr-tune" in c for c in config["initialization_commands"])
+        assert not any("/mnt/fishr-tune" in c for c in config["setup_commands"])
+
+
+def test_the_requirements_check_names_what_is_missing(tmp_path: Path) -> None:
+    """local.yaml's check, run by bash with no rsync on PATH and no shared directory: exit 1 and one line naming both."""
+    check = load(CLUSTERS / "local.yaml")["initialization_commands"][0]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    (bin_dir / "hostname").write_text("#!/bin/sh\necho node-a\n")
+    (bin_dir / "hostname").chmod(0o755)
+    shared = "/mnt/fishr-tune"
+    done = subprocess.run(["/bin/bash", "-c", check.replace(shared, str(tmp_path / "absent"))],
+                          env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fishr-tune: node-a lacks: rsync")
+    assert "python3-venv" not in lines[0].split("(")[0]  # this Python has ensurepip
+    assert f"the-shared-directory-{tmp_path / 'absent'}" in lines[0]
+
+
+def test_gcp_gpu_workers_get_and_wait_for_the_nvidia_driver() -> None:
+    config = prepared(load(CLUSTERS / "gcp.yaml"))
+    for name, node_type in config["available_node_types"].items():
+        if name == config["head_node_type"]:
+            continue
+        items = node_type["node_config"]["metadata"]["items"]
+        assert {"key": "install-nvidia-driver", "value": "True"} in items
+    assert any("nvidia-smi" in c for c in config["worker_setup_commands"])
+    assert not any("nvidia-smi" in c for c in config["head_setup_commands"])
 
 
 @pytest.mark.parametrize("path", CLOUD_FILES, ids=lambda p: p.stem)
@@ -118,6 +170,9 @@ def test_no_credentials_in_the_file(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert not SECRET_VALUE.search(text)
     for where, value in walk(load(path)):
+        if where == ".file_mounts.~/.ray/auth_token" or where.startswith(".file_mounts.~/.ray/auth_token"):
+            assert value in ("~/.ray/auth_token",)  # a path on the user's machine, never the token itself
+            continue
         if isinstance(value, str):
             assert not SECRET_KEY.search(where.rsplit(".", 1)[-1]), f"{path.name}: {where} looks like a credential"
     # An SSH key is referenced by its path on the user's machine, never inlined.

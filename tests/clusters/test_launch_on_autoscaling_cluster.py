@@ -112,13 +112,29 @@ def stop_cluster(head: subprocess.Popen) -> None:
 
 @pytest.fixture
 def autoscaling_cluster() -> Iterator[dict[str, Any]]:
+    yield from fake_cluster(fake_cluster_config)
+
+
+@pytest.fixture
+def cluster_without_workers_yet() -> Iterator[dict[str, Any]]:
+    """Like an on-premise cluster right after `ray up` returned: the head is up, no worker has joined and the
+    autoscaler's config says no node can be added; the test lets the workers join later."""
+    def config(gcs_address: str) -> dict[str, Any]:
+        values = fake_cluster_config(gcs_address)
+        values["max_workers"] = 0
+        values["available_node_types"][WORKER_TYPE].update(min_workers=0, max_workers=0)
+        return values
+    yield from fake_cluster(config)
+
+
+def fake_cluster(make_config: Any) -> Iterator[dict[str, Any]]:
     scratch = Path(tempfile.mkdtemp(prefix="rfake", dir="/tmp"))
     home, temp = scratch / "home", scratch / "ray"
     home.mkdir()
     temp.mkdir()
     port = free_port()
     address = f"127.0.0.1:{port}"
-    config = fake_cluster_config(address)
+    config = make_config(address)
     config_file = home / "ray_bootstrap_config.yaml"  # where `ray up` puts it on a real head
     config_file.write_text(yaml.safe_dump(config))
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
@@ -139,7 +155,7 @@ def autoscaling_cluster() -> Iterator[dict[str, Any]]:
                 if time.monotonic() > deadline or head.poll() is not None:
                     raise RuntimeError("the fake cluster's head did not start")
                 time.sleep(1)
-        yield {"address": address, "env": env, "scratch": scratch}
+        yield {"address": address, "env": env, "scratch": scratch, "config_file": config_file}
     finally:
         stop_cluster(head)
         subprocess.run(["rm", "-rf", str(scratch)], check=False)
@@ -184,3 +200,62 @@ def test_launcher_sweeps_on_gpu_workers_the_autoscaler_adds(autoscaling_cluster:
     assert {row[records.STEP] for row in rows} == {0, 20, 40, 59}
     trial_nodes = {row[NODE_ID] for row in rows}
     assert trial_nodes and trial_nodes <= workers  # every record came from a worker node, none from the head
+
+
+def trial_spans(experiment: Path) -> dict[str, tuple[float, float, set[str]]]:
+    """Per trial: when it started and ended (from its results' timestamps and times) and the nodes it ran on."""
+    spans = {}
+    for result_file in experiment.glob("*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if rows:
+            start = rows[0]["timestamp"] - rows[0]["time_total_s"]
+            spans[rows[0]["trial_id"]] = (start, rows[-1]["timestamp"], {row[NODE_ID] for row in rows})
+    return spans
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_trials_in_flight_grow_when_workers_join_after_submit(cluster_without_workers_yet: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    """The launcher starts while the cluster has no worker and its config promises none (what the local provider
+    looks like when `ray submit` follows `ray up` at once); two one-GPU workers join once the sweep runs. Trials
+    must then run two at a time, on both: a concurrency computed at submit time would stay at one."""
+    cluster = cluster_without_workers_yet
+    spec = {**TINY_SWEEP, "name": "joined_later", "steps": 1000, "checkpoint_freq": 100,
+            "search": {"algorithm": "random", "num_samples": 4, "seed": 0}}
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    experiment = tmp_path / "sweeps" / spec["name"]
+    sweep = subprocess.Popen(
+        [sys.executable, str(LAUNCHER), str(spec_file), "--address", cluster["address"], "--storage-path",
+         str(tmp_path / "sweeps"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=cluster["scratch"], env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (experiment / "sweep_spec.yaml").exists():  # the driver has read the cluster and built its Tuner
+            assert sweep.poll() is None and time.monotonic() < deadline, sweep.stdout.read() if sweep.poll() is not None else "slow"
+            time.sleep(1)
+        time.sleep(5)
+        assert not trial_spans(experiment)  # nothing could run yet
+        # The workers join: the autoscaler reads its config again on every update and starts them.
+        config = yaml.safe_load(cluster["config_file"].read_text())
+        config["max_workers"] = 2
+        config["available_node_types"][WORKER_TYPE].update(min_workers=2, max_workers=2)
+        cluster["config_file"].write_text(yaml.safe_dump(config))
+        output, _ = sweep.communicate(timeout=800)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 0, output[-4000:]
+    assert "4 trials: 4 finished" in output, output[-4000:]
+
+    spans = trial_spans(experiment)
+    assert len(spans) == 4
+    nodes = set().union(*(n for _, _, n in spans.values()))
+    joined = {n["NodeID"]: n["Resources"] for n in alive_nodes(cluster["address"], cluster["env"])}
+    assert len(nodes) == 2, (spans, joined)  # both workers ran trials
+    # and two trials were in flight at once, for longer than the timestamps' one-second resolution blurs
+    overlaps = [min(a[1], b[1]) - max(a[0], b[0]) for i, a in enumerate(spans.values())
+                for j, b in enumerate(spans.values()) if i < j]
+    assert max(overlaps) > 3.0, spans

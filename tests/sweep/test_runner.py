@@ -289,6 +289,14 @@ def test_interrupted_sweep_resumes_without_running_any_trial_twice(local_ray: Pa
     interrupt = InterruptAtAFinalRecord(final_step=239)
     first = run_sweep(spec, trainable=logged_trial, callbacks=[interrupt], stream=open(os.devnull, "w"))
     assert first.interrupted and first.finished >= 1, first
+    # no scheduler here: every trial Ctrl-C cut off (the one at its final record too) is unfinished, none stopped early
+    assert (first.finished, first.stopped_early, first.failed) == (len(interrupt.completed_before), 0, 0), first
+    assert first.unfinished == 4 - first.finished
+    # the summary file is written once, complete: its MLflow fields are those the sweep returned
+    saved = json.loads((Path(first.experiment_dir) / SUMMARY_FILE).read_text())
+    assert saved["tracking_uri"] == first.tracking_uri == spec.settings.tracking_uri
+    assert saved["mlflow_journal"] == first.mlflow_journal != ""
+    assert (saved["unfinished"], saved["stopped_early"]) == (first.unfinished, 0)
     before = trial_results(Path(first.experiment_dir))
     done_before = {t for t, rows in before.items() if rows[-1][records.STEP] == 239}
     completed_before = interrupt.completed_before
@@ -524,10 +532,11 @@ def test_trials_land_on_both_nodes_and_losing_the_worker_node_loses_no_trial(two
 # ---- the progress display, fed Trial-like objects (what Tune's callbacks receive) ----
 
 def fake_trial(trial_id: str, group: str, status: str, step: int | None = None, best: float | None = None,
-               failure: str | None = None) -> Any:
+               failure: str | None = None, done: bool | None = None) -> Any:
+    """`done`: Tune's mark on the last result of a trial that returned or was stopped (default: when TERMINATED)."""
     from types import SimpleNamespace
 
-    last: dict[str, Any] = {} if step is None else {records.STEP: step}
+    last: dict[str, Any] = {} if step is None else {records.STEP: step, "done": status == "TERMINATED" if done is None else done}
     if failure:
         last["failure"] = failure
     return SimpleNamespace(trial_id=trial_id, config={"group": group, "hparams": {"lr": 1e-3}}, status=status,
@@ -579,6 +588,27 @@ def test_progress_display_counts_each_group_and_its_best_val_acc() -> None:
     assert display_lines(stream) == expected + final
     progress.show(trials)  # unchanged counts: no new lines
     assert display_lines(stream) == expected + final
+
+
+def test_summary_counts_trials_an_interruption_cut_off_as_unfinished() -> None:
+    """A trial that Ctrl-C ended is TERMINATED without Tune's done mark, even after its final record: --resume runs
+    it on, so it is neither finished nor stopped early; nor is a trial that never started."""
+    from fishr_tune.sweep.runner import summarize
+
+    spec = build_spec({**copy.deepcopy(BASE), "steps": 120, "name": "cut", "search": {"num_samples": 6}}, "t.yaml")
+    erm = "ERM/te2/ts0"
+    trials = [
+        fake_trial("a", erm, "TERMINATED", 119, 0.8),  # finished
+        fake_trial("b", erm, "TERMINATED", 40, 0.6),  # stopped early by the scheduler
+        fake_trial("c", erm, "TERMINATED", 80, 0.7, done=False),  # cut off mid-way
+        fake_trial("d", erm, "TERMINATED", 119, 0.9, done=False),  # cut off after its final record
+        fake_trial("e", erm, "ERROR", 40, 0.5),
+    ]
+    summary = summarize(trials, spec, "/x", 1.0)
+    assert (summary.trials, summary.finished, summary.stopped_early, summary.failed, summary.unfinished) == (5, 1, 1, 1, 3)
+    counts = summary.groups[erm]
+    assert (counts.finished, counts.stopped_early, counts.failed, counts.unfinished) == (1, 1, 1, 2)
+    assert summary.interrupted and "3 unfinished (continue with --resume)" in summary.lines()[0]
 
 
 def test_progress_display_on_a_terminal_is_a_table() -> None:
