@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fishr_tune.errors import ConfigError
+from fishr_tune.errors import ConfigError, quote
 
 DistKind = Literal["fixed", "uniform", "loguniform", "choice"]
 
@@ -179,22 +179,22 @@ def _coerce(name: str, value: Any, spec: HParam, where: str) -> Any:
     expected = type(default)
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: hyperparameter {name!r} must be true or false, got {value!r}")
+            raise ConfigError(f"{where}: hyperparameter {quote(name)} must be true or false, got {quote(value)}")
         return value
     if isinstance(default, int):
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(f"{where}: hyperparameter {name!r} must be an integer, got {value!r}")
+            raise ConfigError(f"{where}: hyperparameter {quote(name)} must be an integer, got {quote(value)}")
         return int(value)
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where}: hyperparameter {name!r} must be a finite number, got {value!r}")
+            raise ConfigError(f"{where}: hyperparameter {quote(name)} must be a finite number, got {quote(value)}")
         return float(value)
     if spec.valid and value not in spec.valid:
-        raise ConfigError(f"{where}: hyperparameter {name!r} must be one of {list(spec.valid)}, got {value!r}")
+        raise ConfigError(f"{where}: hyperparameter {quote(name)} must be one of {list(spec.valid)}, got {quote(value)}")
     if spec.dist.kind == "choice" and value not in spec.dist.choices:
-        raise ConfigError(f"{where}: hyperparameter {name!r} must be one of {list(spec.dist.choices)}, got {value!r}")
+        raise ConfigError(f"{where}: hyperparameter {quote(name)} must be one of {list(spec.dist.choices)}, got {quote(value)}")
     if not isinstance(value, expected):
-        raise ConfigError(f"{where}: hyperparameter {name!r} must be a {expected.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: hyperparameter {quote(name)} must be a {expected.__name__}, got {quote(value)}")
     return value
 
 
@@ -207,11 +207,11 @@ def apply_overrides(
     for name, value in overrides.items():
         if name not in space:
             raise ConfigError(
-                f"{where}: unknown hyperparameter {name!r} for {algorithm} on {dataset}; valid: {', '.join(sorted(space))}"
+                f"{where}: unknown hyperparameter {quote(name)} for {algorithm} on {dataset}; valid: {', '.join(sorted(space))}"
             )
         result[name] = _coerce(name, value, space[name], where)
     if result.get("featurizer") not in FEATURIZERS:
-        raise ConfigError(f"{where}: featurizer must be one of {list(FEATURIZERS)}, got {result.get('featurizer')!r}")
+        raise ConfigError(f"{where}: featurizer must be one of {list(FEATURIZERS)}, got {quote(result.get('featurizer'))}")
     return result
 
 
@@ -221,5 +221,5 @@ def parse_hparams_json(text: str) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise ConfigError(f"--hparams: not valid JSON ({error.msg} at column {error.colno})") from error
     if not isinstance(value, dict):
-        raise ConfigError(f"--hparams: expected a JSON object like '{{\"lr\": 0.001}}', got {text!r}")
+        raise ConfigError(f"--hparams: expected a JSON object like '{{\"lr\": 0.001}}', got {quote(text)}")
     return value

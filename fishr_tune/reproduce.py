@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fishr_tune.data import MultiDomainDataset, get_dataset
-from fishr_tune.errors import ConfigError, unknown_name_error
+from fishr_tune.errors import ConfigError, quote, unknown_name_error
 from fishr_tune.gradvar import get_engine
 from fishr_tune.networks import MLP
 
@@ -95,7 +95,7 @@ def parse_algorithms(text: str) -> list[str]:
         if by_lower[part.lower()] not in names:
             names.append(by_lower[part.lower()])
     if not names:
-        raise ConfigError(f"--algorithms: expected a comma-separated list from {', '.join(ALGORITHMS)}, got {text!r}")
+        raise ConfigError(f"--algorithms: expected a comma-separated list from {', '.join(ALGORITHMS)}, got {quote(text)}")
     return names
 
 

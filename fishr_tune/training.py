@@ -21,8 +21,9 @@ from fishr_tune import records
 from fishr_tune.algorithms import Algorithm, get_algorithm_class
 from fishr_tune.data import DATASET_ENVIRONMENTS, MultiDomainDataset, check_test_envs, get_dataset, holdout_split
 from fishr_tune.data.loaders import FileBackedSplits
-from fishr_tune.errors import ConfigError
+from fishr_tune.errors import ConfigError, quote
 from fishr_tune.hparams import apply_overrides, hparams_for_trial
+from fishr_tune.yaml_io import load_yaml
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.yaml"
@@ -87,23 +88,19 @@ def format_validation_error(error: ValidationError, where: str) -> ConfigError:
     path = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         valid = ", ".join(TrainConfig.model_fields)
-        return ConfigError(f"{where}: unknown key {path!r}; valid keys: {valid}")
-    return ConfigError(f"{where}: key {path!r}: {first['msg']} (got {first.get('input')!r})")
+        return ConfigError(f"{where}: unknown key {quote(path)}; valid keys: {valid}")
+    return ConfigError(f"{where}: key {quote(path)}: {first['msg']} (got {quote(first.get('input'))})")
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror})") from error
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from error
+    data = load_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{path}: keys must be names, got {quote(bad[0])}")
     return data
 
 
@@ -149,7 +146,7 @@ def check_amp(hparams: Mapping[str, Any], device: torch.device) -> None:
     amp = hparams.get("amp", "off")
     if amp != "off" and device.type != "cuda":
         raise ConfigError(
-            f"hyperparameter amp: {amp!r} needs a CUDA device, but this run is on {device.type}; set amp to 'off' "
+            f"hyperparameter amp: {quote(amp)} needs a CUDA device, but this run is on {device.type}; set amp to 'off' "
             "or train with --device cuda"
         )
 
@@ -396,7 +393,7 @@ def prepare_output_dir(config: TrainConfig, output_dir: Path, resume: bool) -> l
             f"--output-dir {output_dir} already holds a run; pass --resume to continue it, or choose another --output-dir"
         )
     if saved_config.exists():
-        previous = yaml.safe_load(saved_config.read_text(encoding="utf-8")) or {}
+        previous = load_yaml(saved_config) or {}
         mine = {k: v for k, v in saved_settings(config).items() if k not in MACHINE_SETTINGS}
         theirs = {k: previous.get(k) for k in mine}
         if theirs != mine:

@@ -21,6 +21,7 @@ from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY, make_search
 from fishr_tune.sweep.spec import SweepSpec
 from fishr_tune.sweep.storage import SweepLocation
 from fishr_tune.sweep.trainable import STEPS_TRAINED, dataset_key, sweep_trainable
+from fishr_tune.yaml_io import load_yaml, parse_yaml
 
 SPEC_FILE = "sweep_spec.yaml"
 SUMMARY_FILE = "sweep_summary.json"
@@ -275,7 +276,7 @@ def check_experiment_dir(spec: SweepSpec, resume: bool) -> SweepLocation:
         raise ConfigError(f"{location.uri} already holds sweep {spec.name!r}; pass --resume to continue it, or use another --name")
     saved = location.read_text(SPEC_FILE) if resume else None
     if saved is not None:
-        previous = yaml.safe_load(saved) or {}
+        previous = parse_yaml(saved, f"{location.uri}/{SPEC_FILE}") or {}
         mine = _spec_snapshot(spec)
         ignored = {"storage_path", "tracking_uri", "max_failures"}
         changed = sorted(k for k in mine if k not in ignored and previous.get(k) != mine[k])
@@ -314,8 +315,8 @@ def autoscaling_slots(spec: SweepSpec, config_path: str = AUTOSCALING_CONFIG) ->
     a cluster that starts with no GPU worker must still see every trial it can run as demand, or it never grows."""
     path = Path(config_path).expanduser()
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
-    except (OSError, yaml.YAMLError):
+        config = load_yaml(path) if path.exists() else None
+    except ConfigError:
         return 0
     if not isinstance(config, dict) or not isinstance(config.get("available_node_types"), dict):
         return 0
