@@ -22,7 +22,7 @@ from fishr_tune.algorithms import Algorithm, get_algorithm_class
 from fishr_tune.data import DATASET_ENVIRONMENTS, MultiDomainDataset, check_test_envs, get_dataset, holdout_split
 from fishr_tune.data.loaders import FileBackedSplits
 from fishr_tune.errors import ConfigError, quote
-from fishr_tune.hparams import apply_overrides, hparams_for_trial
+from fishr_tune.hparams import MAX_SEED, apply_overrides, hparams_for_trial
 from fishr_tune.yaml_io import load_yaml
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -44,9 +44,9 @@ class TrainConfig(BaseModel):
     algorithm: str = "ERM"
     test_envs: list[int] = Field(default_factory=lambda: [2])
     hparams: dict[str, Any] = Field(default_factory=dict, description="overrides of the registry's values")
-    hparams_seed: int = Field(0, ge=0, description="0: the defaults; otherwise a random configuration")
-    trial_seed: int = Field(0, ge=0, description="seeds the data and the in/out splits")
-    seed: int = Field(0, ge=0, description="seeds initialization and minibatch sampling")
+    hparams_seed: int = Field(0, ge=0, le=MAX_SEED, description="0: the defaults; otherwise a random configuration")
+    trial_seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the data and the in/out splits")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds initialization and minibatch sampling")
     steps: int | None = Field(None, gt=0, description="default: the dataset's (DomainBed: 5001)")
     checkpoint_freq: int | None = Field(None, gt=0, description="default: the dataset's (DomainBed: 100 for MNIST)")
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)

@@ -16,6 +16,7 @@ import yaml
 
 from fishr_tune import records
 from fishr_tune.errors import ConfigError
+from fishr_tune.sweep.preflight import check_before_ray, check_cluster_resources
 from fishr_tune.sweep.mlflow_callback import MlflowCallback, finish_sweep_run, open_journal
 from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY, make_search
 from fishr_tune.sweep.spec import SweepSpec
@@ -341,6 +342,14 @@ def trial_slots(spec: SweepSpec) -> int:
     return max(1, now, autoscaling_slots(spec))
 
 
+def check_ray_resources(spec: SweepSpec) -> None:
+    """On a running Ray (a cluster, or one a caller started) one trial must fit on a node it has or may launch."""
+    import ray
+
+    resources = spec.settings.resources
+    check_cluster_resources(resources.cpu, resources.gpu, ray.nodes(), autoscaling_slots(spec), spec.source)
+
+
 def build_datasets(spec: SweepSpec) -> dict[str, Any]:
     """Each (dataset, trial_seed, label_noise) built once, before Ray starts (a bad data_dir fails fast)."""
     from fishr_tune.data import get_dataset
@@ -380,11 +389,14 @@ def run_sweep(
     # Frequent per-trial checkpoints are by design here (every record); Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = time.monotonic()
+    check_before_ray(spec, address, num_cpus)
     location = check_experiment_dir(spec, resume)
     settings = spec.settings
     datasets = build_datasets(spec)
     started_ray = ensure_ray(address, num_cpus)
     try:
+        if address or not started_ray:
+            check_ray_resources(spec)
         dataset_refs = share_datasets(datasets)
         del datasets
         run_settings = {

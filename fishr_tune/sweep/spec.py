@@ -19,11 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 from fishr_tune.algorithms import get_algorithm_class
 from fishr_tune.data import DATASET_ENVIRONMENTS, check_dataset_name, check_test_envs
 from fishr_tune.errors import ConfigError, quote
-from fishr_tune.hparams import apply_overrides, default_hparams, hparam_space
+from fishr_tune.hparams import MAX_SEED, apply_overrides, default_hparams, hparam_space
+from fishr_tune.sweep.preflight import check_tracking_uri
 from fishr_tune.yaml_io import load_yaml
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DISTRIBUTION_KINDS = ("loguniform", "uniform", "int", "logint", "choice")
+MAX_SEARCH_SEED = 2**18 - 1  # * 10,007 + any group index stays below 2**32
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class SearchSettings(BaseModel):
 
     algorithm: Literal["tpe", "random"] = "tpe"
     num_samples: StrictInt = Field(8, gt=0, description="configurations per group")
-    seed: StrictInt = Field(0, ge=0)
+    # Each group's TPE sampler is seeded with seed * 10,007 + group index (sweep/search.py), which numpy needs below 2**32.
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEARCH_SEED)
 
 
 class SchedulerSettings(BaseModel):
@@ -143,8 +146,8 @@ class SweepFile(BaseModel):
     @field_validator("trial_seeds")
     @classmethod
     def _non_negative(cls, value: list[int]) -> list[int]:
-        if any(seed < 0 for seed in value):
-            raise ValueError("trial seeds must be >= 0")
+        if any(seed < 0 or seed > MAX_SEED for seed in value):
+            raise ValueError(f"trial seeds must be in [0, {MAX_SEED}]")
         if len(set(value)) != len(value):
             raise ValueError("trial seeds must be distinct")
         return value
@@ -341,8 +344,9 @@ def build_spec(values: Any, source: str, flag_names: set[str] | None = None) -> 
                 raise ConfigError(f"{where}: unknown hyperparameter for {algorithm}; valid: {', '.join(sorted(valid))}")
             _check_value(algorithm, settings.dataset, name, value, where)
             spaces[algorithm][name] = value
-    if not settings.tracking_uri.strip():
-        raise ConfigError(f"{source}: key 'tracking_uri': expected a URI like {quote(DEFAULT_TRACKING_URI)}, got an empty string")
+    check_tracking_uri(
+        settings.tracking_uri, "--tracking-uri" if "tracking_uri" in flag_names else f"{source}: key 'tracking_uri'", local_files=False
+    )
 
     groups = tuple(
         Group(settings.dataset, algorithm, envs, seed)
