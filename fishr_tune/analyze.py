@@ -20,7 +20,7 @@ import pandas as pd
 
 from fishr_tune import records
 from fishr_tune.domainbed_names import to_our_names
-from fishr_tune.errors import ConfigError
+from fishr_tune.errors import ConfigError, quote
 from fishr_tune.selection import GROUP, SELECTION_METHODS, env_count, select, summarize, training_domain_scores
 
 RAY_RESULT_FILE = "result.json"
@@ -156,7 +156,7 @@ def from_mlflow(tracking_uri: str, experiment: str, progress: Progress = _no_pro
     found = client.get_experiment_by_name(experiment)
     if found is None or found.lifecycle_stage == "deleted":
         names = sorted(e.name for e in client.search_experiments())
-        raise ConfigError(f"--experiment: no experiment {experiment!r} in {tracking_uri}; existing: {', '.join(names) or 'none'}")
+        raise ConfigError(f"--experiment: no experiment {quote(experiment)} in {tracking_uri}; existing: {', '.join(names) or 'none'}")
     experiment_id = found.experiment_id
     parents = _all_runs(client, experiment_id, f"tags.`{KIND_TAG}` = 'sweep'")
     parent = parents[0] if parents else None
@@ -306,7 +306,7 @@ def filter_groups(prepared: pd.DataFrame, algorithm: str | None = None, test_env
 def selections(prepared: pd.DataFrame, methods: Sequence[str] = SELECTION_METHODS) -> dict[str, pd.DataFrame]:
     for method in methods:
         if method not in SELECTION_METHODS:
-            raise ConfigError(f"--selection: expected one of {', '.join(SELECTION_METHODS)}, got {method!r}")
+            raise ConfigError(f"--selection: expected one of {', '.join(SELECTION_METHODS)}, got {quote(method)}")
     return {method: select(prepared, method) for method in methods}
 
 

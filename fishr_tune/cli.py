@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from fishr_tune.errors import ConfigError
+from fishr_tune.errors import ConfigError, quote
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,17 +23,26 @@ def exits_2_on_bad_input(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except ConfigError as error:
-            click.echo(f"Error: {error}", err=True)
+            click.echo(f"Error: {one_line(str(error))}", err=True)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+MAX_MESSAGE = 1000
+
+
+def one_line(message: str) -> str:
+    """The error as one line of bounded length, whatever a value or a library put into it."""
+    text = " ".join(message.split())
+    return text if len(text) <= MAX_MESSAGE else f"{text[:MAX_MESSAGE]}... ({len(text):,} characters)"
 
 
 def parse_env_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.replace(" ", "").split(",") if part != ""]
     except ValueError:
-        raise ConfigError(f"--test-envs: expected comma-separated environment indices like '2' or '0,1', got {text!r}") from None
+        raise ConfigError(f"--test-envs: expected comma-separated environment indices like '2' or '0,1', got {quote(text)}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -417,9 +426,9 @@ def analyze(experiment: str | None, tracking_uri: str, records_path: str | None,
     from fishr_tune.selection import SELECTION_METHODS
 
     if output_format not in report.FORMATS:
-        raise ConfigError(f"--format: expected one of {', '.join(report.FORMATS)}, got {output_format!r}")
+        raise ConfigError(f"--format: expected one of {', '.join(report.FORMATS)}, got {quote(output_format)}")
     if selection_name is not None and selection_name not in SELECTION_METHODS:
-        raise ConfigError(f"--selection: expected one of {', '.join(SELECTION_METHODS)}, got {selection_name!r}")
+        raise ConfigError(f"--selection: expected one of {', '.join(SELECTION_METHODS)}, got {quote(selection_name)}")
     if (experiment is None) == (records_path is None):
         raise ConfigError("give exactly one source: --experiment NAME (MLflow) or --records PATH")
     if log_model and experiment is None:

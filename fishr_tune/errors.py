@@ -10,4 +10,15 @@ class ConfigError(ValueError):
 
 
 def unknown_name_error(kind: str, name: str, valid: "list[str] | tuple[str, ...]") -> ConfigError:
-    return ConfigError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")
+    return ConfigError(f"unknown {kind} {quote(name)}; valid {kind}s: {', '.join(sorted(valid))}")
+
+
+QUOTE_LIMIT = 200
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """`repr(value)` cut to `limit` characters: an error message names a bad value, it never echoes a 50 MB one."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"

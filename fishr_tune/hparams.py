@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fishr_tune.errors import ConfigError
+from fishr_tune.errors import ConfigError, quote
 
 DistKind = Literal["fixed", "uniform", "loguniform", "choice"]
 
@@ -85,11 +85,60 @@ def choice(*options: Any) -> Dist:
 
 
 @dataclass(frozen=True)
+class Domain:
+    """The values a number may take at all: an override, a sweep's fixed value or range, and the registry's own
+    distribution must all lie inside (lr 0 trains nothing, batch_size 0 or 1e12 crashes, ema 5 diverges)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        low = f"{'>' if self.low_open else '>='} {self.low:g}" if self.low > -math.inf else ""
+        high = f"{'<' if self.high_open else '<='} {self.high:g}" if self.high < math.inf else ""
+        return " and ".join(p for p in (low, high) if p) or "any number"
+
+
+POSITIVE = Domain(0.0, low_open=True)
+NON_NEGATIVE = Domain(0.0)
+UNIT = Domain(0.0, 1.0)  # probabilities, dropout
+UNIT_OPEN = Domain(0.0, 1.0, high_open=True)  # moving-average and momentum coefficients
+
+
+def at_least(low: float, high: float = math.inf) -> Domain:
+    return Domain(low, high)
+
+
+BATCH_SIZE = at_least(1, 65536)  # per domain; beyond this no accelerator holds the batch
+WIDTH = at_least(1, 65536)  # layer widths
+STEPS = at_least(0, 10**9)  # step counts (anneal iterations)
+
+
+@dataclass(frozen=True)
 class HParam:
     default: Any
     dist: Dist = field(default_factory=fixed)
     doc: str = ""
     valid: tuple[Any, ...] = ()  # accepted values when they are a closed set (checked on overrides, never sampled)
+    domain: Domain | None = None  # every number has one; the default and the distribution lie inside it
+
+    def __post_init__(self) -> None:
+        if self.domain is None:
+            return
+        points = [self.default, *self.dist.choices] if self.dist.kind in ("fixed", "choice") else [self.default, *self.dist.bounds]
+        outside = [p for p in points if p not in self.domain]
+        if outside:
+            raise RuntimeError(f"registry: {self.dist.describe()} (default {self.default}) leaves {self.domain.describe()}")
+
+    def check_domain(self, name: str, value: Any, where: str) -> None:
+        if self.domain is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value not in self.domain:
+            raise ConfigError(f"{where}: hyperparameter {quote(name)} must be {self.domain.describe()}, got {quote(value)}")
 
 
 SMALL_IMAGES = ("ColoredMNIST", "RotatedMNIST", "ColoredMNIST-IRM")
@@ -97,6 +146,9 @@ SMALL_IMAGES = ("ColoredMNIST", "RotatedMNIST", "ColoredMNIST-IRM")
 # Which featurizer each dataset uses (DomainBed picks by input shape; ColoredMNIST-IRM uses the IRM paper's MLP).
 DEFAULT_FEATURIZER = {"ColoredMNIST-IRM": "mlp", "ColoredMNIST": "mnist_cnn", "RotatedMNIST": "mnist_cnn"}
 FEATURIZERS = ("mlp", "mnist_cnn", "resnet18", "resnet50")
+
+
+MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds in [0, 2**32)
 
 
 def seed_hash(*args: Any) -> int:
@@ -111,7 +163,8 @@ def image_hparams() -> dict[str, HParam]:
     """Settings of the image datasets' input pipeline and ResNet (DomainBed's data_augmentation plus ours)."""
     return {
         "data_augmentation": HParam(True, fixed(), "DomainBed's training augmentation (random crop, flip, colour jitter, gray)"),
-        "image_size": HParam(224, fixed(), "side of the square network input (DomainBed: 224; smaller for CPU tests)"),
+        "image_size": HParam(224, fixed(), "side of the square network input (DomainBed: 224; smaller for CPU tests)",
+                             domain=at_least(32, 4096)),
         "resnet_weights": HParam(
             "auto", fixed(),
             "ImageNet weights: auto (torch hub cache, else random init with a warning), imagenet (cache, required), "
@@ -131,21 +184,21 @@ def _shared_hparams(dataset: str) -> dict[str, HParam]:
             valid=AMP_MODES,
         ),
         "class_balanced": HParam(False, fixed(), "DomainBed's class-balanced minibatches (weighted sampling per domain)"),
-        "resnet_dropout": HParam(0.0, choice(0.0, 0.1, 0.5), "dropout after the ResNet featurizer"),
-        "lr": HParam(1e-3, loguniform(-4.5, -2.5)) if small else HParam(5e-5, loguniform(-5, -3.5)),
-        "weight_decay": HParam(0.0, fixed()) if small else HParam(0.0, loguniform(-6, -2)),
+        "resnet_dropout": HParam(0.0, choice(0.0, 0.1, 0.5), "dropout after the ResNet featurizer", domain=UNIT_OPEN),
+        "lr": HParam(1e-3, loguniform(-4.5, -2.5), domain=POSITIVE) if small else HParam(5e-5, loguniform(-5, -3.5), domain=POSITIVE),
+        "weight_decay": HParam(0.0, fixed(), domain=NON_NEGATIVE) if small else HParam(0.0, loguniform(-6, -2), domain=NON_NEGATIVE),
     }
     if small:
-        space["batch_size"] = HParam(64, loguniform(3, 9, base=2, integer=True), "per training domain")
+        space["batch_size"] = HParam(64, loguniform(3, 9, base=2, integer=True), "per training domain", domain=BATCH_SIZE)
     elif dataset == "DomainNet":
-        space["batch_size"] = HParam(32, loguniform(3, 5, base=2, integer=True), "per training domain")
+        space["batch_size"] = HParam(32, loguniform(3, 5, base=2, integer=True), "per training domain", domain=BATCH_SIZE)
     else:
-        space["batch_size"] = HParam(32, loguniform(3, 5.5, base=2, integer=True), "per training domain")
+        space["batch_size"] = HParam(32, loguniform(3, 5.5, base=2, integer=True), "per training domain", domain=BATCH_SIZE)
     if not small:
         space.update(image_hparams())
     if DEFAULT_FEATURIZER.get(dataset) == "mlp":
-        space["hidden_dim"] = HParam(390, fixed(), "MLP featurizer width (IRM's 390)")
-        space["hidden_layers"] = HParam(2, fixed(), "MLP featurizer depth")
+        space["hidden_dim"] = HParam(390, fixed(), "MLP featurizer width (IRM's 390)", domain=WIDTH)
+        space["hidden_layers"] = HParam(2, fixed(), "MLP featurizer depth", domain=at_least(1, 64))
     return space
 
 
@@ -184,22 +237,22 @@ def _coerce(name: str, value: Any, spec: HParam, where: str) -> Any:
     expected = type(default)
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: hyperparameter {name!r} must be true or false, got {value!r}")
+            raise ConfigError(f"{where}: hyperparameter {quote(name)} must be true or false, got {quote(value)}")
         return value
     if isinstance(default, int):
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(f"{where}: hyperparameter {name!r} must be an integer, got {value!r}")
+            raise ConfigError(f"{where}: hyperparameter {quote(name)} must be an integer, got {quote(value)}")
         return int(value)
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where}: hyperparameter {name!r} must be a finite number, got {value!r}")
+            raise ConfigError(f"{where}: hyperparameter {quote(name)} must be a finite number, got {quote(value)}")
         return float(value)
     if spec.valid and value not in spec.valid:
-        raise ConfigError(f"{where}: hyperparameter {name!r} must be one of {list(spec.valid)}, got {value!r}")
+        raise ConfigError(f"{where}: hyperparameter {quote(name)} must be one of {list(spec.valid)}, got {quote(value)}")
     if spec.dist.kind == "choice" and value not in spec.dist.choices:
-        raise ConfigError(f"{where}: hyperparameter {name!r} must be one of {list(spec.dist.choices)}, got {value!r}")
+        raise ConfigError(f"{where}: hyperparameter {quote(name)} must be one of {list(spec.dist.choices)}, got {quote(value)}")
     if not isinstance(value, expected):
-        raise ConfigError(f"{where}: hyperparameter {name!r} must be a {expected.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: hyperparameter {quote(name)} must be a {expected.__name__}, got {quote(value)}")
     return value
 
 
@@ -217,11 +270,12 @@ def apply_overrides(
     for name, value in overrides.items():
         if name not in space:
             raise ConfigError(
-                f"{where}: unknown hyperparameter {name!r} for {algorithm} on {dataset}; valid: {', '.join(sorted(space))}"
+                f"{where}: unknown hyperparameter {quote(name)} for {algorithm} on {dataset}; valid: {', '.join(sorted(space))}"
             )
         result[name] = _coerce(name, value, space[name], where)
+        space[name].check_domain(name, result[name], where)
     if result.get("featurizer") not in FEATURIZERS:
-        raise ConfigError(f"{where}: featurizer must be one of {list(FEATURIZERS)}, got {result.get('featurizer')!r}")
+        raise ConfigError(f"{where}: featurizer must be one of {list(FEATURIZERS)}, got {quote(result.get('featurizer'))}")
     return result
 
 
@@ -231,5 +285,5 @@ def parse_hparams_json(text: str) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise ConfigError(f"--hparams: not valid JSON ({error.msg} at column {error.colno})") from error
     if not isinstance(value, dict):
-        raise ConfigError(f"--hparams: expected a JSON object like '{{\"lr\": 0.001}}', got {text!r}")
+        raise ConfigError(f"--hparams: expected a JSON object like '{{\"lr\": 0.001}}', got {quote(text)}")
     return value

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fishr_tune.errors import ConfigError
+from fishr_tune.errors import ConfigError, quote
 
 
 class MLP(nn.Module):
@@ -184,7 +184,7 @@ class ResNet(nn.Module):
         import torchvision.models as models
 
         if amp not in AUTOCAST_DTYPES:
-            raise ConfigError(f"hyperparameter amp: expected one of {list(AUTOCAST_DTYPES)}, got {amp!r}")
+            raise ConfigError(f"hyperparameter amp: expected one of {list(AUTOCAST_DTYPES)}, got {quote(amp)}")
         self.autocast_dtype = AUTOCAST_DTYPES[amp]
         network = getattr(models, arch)(weights=None)
         path = resolve_resnet_weights(arch, weights_file)
@@ -248,7 +248,7 @@ def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any]) -> nn.M
             input_shape, kind, hparams.get("resnet_dropout", 0.0), hparams.get("resnet_weights"), hparams.get("amp", "off"),
             hparams.get("freeze_bn", True),
         )
-    raise ConfigError(f"unknown featurizer {kind!r}; valid: mlp, mnist_cnn, resnet18, resnet50")
+    raise ConfigError(f"unknown featurizer {quote(kind)}; valid: mlp, mnist_cnn, resnet18, resnet50")
 
 
 def Classifier(in_features: int, out_features: int, is_nonlinear: bool = False) -> nn.Module:  # noqa: N802

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fishr_tune.data import MultiDomainDataset, get_dataset
-from fishr_tune.errors import ConfigError, unknown_name_error
+from fishr_tune.errors import ConfigError, quote, unknown_name_error
 from fishr_tune.gradvar import get_engine
 from fishr_tune.inconsistency import Domain, check_epsilon, inconsistency
 from fishr_tune.networks import MLP
@@ -115,7 +115,7 @@ def parse_name_list(text: str, valid: Sequence[str], kind: str = "algorithm") ->
         if by_lower[part.lower()] not in names:
             names.append(by_lower[part.lower()])
     if not names:
-        raise ConfigError(f"--{kind}s: expected a comma-separated list from {', '.join(valid)}, got {text!r}")
+        raise ConfigError(f"--{kind}s: expected a comma-separated list from {', '.join(valid)}, got {quote(text)}")
     return names
 
 

@@ -22,10 +22,11 @@ from fishr_tune.algorithms import Algorithm, get_algorithm_class
 from fishr_tune.data import DATASET_ENVIRONMENTS, MultiDomainDataset, check_test_envs, get_dataset, holdout_split
 from fishr_tune.data.loaders import FileBackedSplits
 from fishr_tune.data.sampling import class_balanced_weights, draw_indices
-from fishr_tune.errors import ConfigError
+from fishr_tune.errors import ConfigError, quote
 from fishr_tune.files import replace_atomically, write_text_atomically
-from fishr_tune.hparams import apply_overrides, hparams_for_trial
+from fishr_tune.hparams import MAX_SEED, apply_overrides, hparams_for_trial
 from fishr_tune.networks import amp_unsupported_reason
+from fishr_tune.yaml_io import load_yaml
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.yaml"
@@ -46,9 +47,9 @@ class TrainConfig(BaseModel):
     algorithm: str = "ERM"
     test_envs: list[int] = Field(default_factory=lambda: [2])
     hparams: dict[str, Any] = Field(default_factory=dict, description="overrides of the registry's values")
-    hparams_seed: int = Field(0, ge=0, description="0: the defaults; otherwise a random configuration")
-    trial_seed: int = Field(0, ge=0, description="seeds the data and the in/out splits")
-    seed: int = Field(0, ge=0, description="seeds initialization and minibatch sampling")
+    hparams_seed: int = Field(0, ge=0, le=MAX_SEED, description="0: the defaults; otherwise a random configuration")
+    trial_seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the data and the in/out splits")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds initialization and minibatch sampling")
     steps: int | None = Field(None, gt=0, description="default: the dataset's (DomainBed: 5001)")
     checkpoint_freq: int | None = Field(None, gt=0, description="default: the dataset's (DomainBed: 100 for MNIST)")
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
@@ -90,23 +91,19 @@ def format_validation_error(error: ValidationError, where: str) -> ConfigError:
     path = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         valid = ", ".join(TrainConfig.model_fields)
-        return ConfigError(f"{where}: unknown key {path!r}; valid keys: {valid}")
-    return ConfigError(f"{where}: key {path!r}: {first['msg']} (got {first.get('input')!r})")
+        return ConfigError(f"{where}: unknown key {quote(path)}; valid keys: {valid}")
+    return ConfigError(f"{where}: key {quote(path)}: {first['msg']} (got {quote(first.get('input'))})")
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror})") from error
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from error
+    data = load_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{path}: keys must be names, got {quote(bad[0])}")
     return data
 
 
@@ -152,7 +149,7 @@ def check_amp(hparams: Mapping[str, Any], device: torch.device) -> None:
     amp = hparams.get("amp", "off")
     reason = amp_unsupported_reason(amp, device)
     if reason is not None:
-        raise ConfigError(f"hyperparameter amp: {amp!r} cannot run here: {reason}; set amp to 'off'")
+        raise ConfigError(f"hyperparameter amp: {quote(amp)} cannot run here: {reason}; set amp to 'off'")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -399,8 +396,8 @@ def prepare_output_dir(config: TrainConfig, output_dir: Path, resume: bool) -> l
         )
     if saved_config.exists():
         try:
-            previous = yaml.safe_load(saved_config.read_text(encoding="utf-8")) or {}
-        except (UnicodeDecodeError, yaml.YAMLError) as error:
+            previous = load_yaml(saved_config) or {}
+        except (ConfigError, UnicodeDecodeError, yaml.YAMLError) as error:
             reason = str(error).splitlines()[0][:200]
             raise ConfigError(f"--resume: {saved_config} is corrupt ({reason}); cannot check the run's settings") from None
         if not isinstance(previous, dict):

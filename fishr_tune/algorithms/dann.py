@@ -22,18 +22,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from fishr_tune.algorithms.base import Algorithm, Minibatches, register_algorithm
-from fishr_tune.hparams import SMALL_IMAGES, HParam, choice, fixed, loguniform
+from fishr_tune.hparams import NON_NEGATIVE, POSITIVE, SMALL_IMAGES, UNIT_OPEN, WIDTH, HParam, at_least, choice, fixed, loguniform
 from fishr_tune.networks import Classifier, Featurizer
 
 ADVERSARIAL_HPARAMS: dict[str, HParam] = {
-    "lambda": HParam(1.0, loguniform(-2, 2), "weight of the (reversed) discriminator loss in the generator's objective"),
-    "weight_decay_d": HParam(0.0, loguniform(-6, -2), "discriminator weight decay"),
-    "d_steps_per_g_step": HParam(1, loguniform(0, 3, base=2, integer=True), "discriminator steps per generator step"),
-    "grad_penalty": HParam(0.0, loguniform(-2, 1), "weight of the squared gradient of the discriminator loss w.r.t. its input"),
-    "beta1": HParam(0.5, choice(0.0, 0.5), "Adam's beta1 for both players (beta2 is 0.9)"),
-    "mlp_width": HParam(256, loguniform(6, 10, base=2, integer=True), "discriminator width"),
-    "mlp_depth": HParam(3, choice(3, 4, 5), "discriminator depth (linear layers)"),
-    "mlp_dropout": HParam(0.0, choice(0.0, 0.1, 0.5), "discriminator dropout"),
+    "lambda": HParam(1.0, loguniform(-2, 2), "weight of the (reversed) discriminator loss in the generator's objective",
+                     domain=NON_NEGATIVE),
+    "weight_decay_d": HParam(0.0, loguniform(-6, -2), "discriminator weight decay", domain=NON_NEGATIVE),
+    "d_steps_per_g_step": HParam(1, loguniform(0, 3, base=2, integer=True), "discriminator steps per generator step",
+                                 domain=at_least(1, 1000)),
+    "grad_penalty": HParam(0.0, loguniform(-2, 1), "weight of the squared gradient of the discriminator loss w.r.t. its input",
+                           domain=NON_NEGATIVE),
+    "beta1": HParam(0.5, choice(0.0, 0.5), "Adam's beta1 for both players (beta2 is 0.9)", domain=UNIT_OPEN),
+    "mlp_width": HParam(256, loguniform(6, 10, base=2, integer=True), "discriminator width", domain=WIDTH),
+    "mlp_depth": HParam(3, choice(3, 4, 5), "discriminator depth (linear layers)", domain=at_least(2, 64)),
+    "mlp_dropout": HParam(0.0, choice(0.0, 0.1, 0.5), "discriminator dropout", domain=UNIT_OPEN),
 }
 
 
@@ -99,13 +102,13 @@ class AbstractDANN(Algorithm):
     def hparam_space(cls, dataset: str) -> Mapping[str, HParam]:
         space = dict(ADVERSARIAL_HPARAMS)
         if dataset in SMALL_IMAGES:
-            space["lr_g"] = HParam(1e-3, loguniform(-4.5, -2.5), "featurizer and classifier learning rate")
-            space["lr_d"] = HParam(1e-3, loguniform(-4.5, -2.5), "discriminator learning rate")
-            space["weight_decay_g"] = HParam(0.0, fixed(), "featurizer and classifier weight decay")
+            space["lr_g"] = HParam(1e-3, loguniform(-4.5, -2.5), "featurizer and classifier learning rate", domain=POSITIVE)
+            space["lr_d"] = HParam(1e-3, loguniform(-4.5, -2.5), "discriminator learning rate", domain=POSITIVE)
+            space["weight_decay_g"] = HParam(0.0, fixed(), "featurizer and classifier weight decay", domain=NON_NEGATIVE)
         else:
-            space["lr_g"] = HParam(5e-5, loguniform(-5, -3.5), "featurizer and classifier learning rate")
-            space["lr_d"] = HParam(5e-5, loguniform(-5, -3.5), "discriminator learning rate")
-            space["weight_decay_g"] = HParam(0.0, loguniform(-6, -2), "featurizer and classifier weight decay")
+            space["lr_g"] = HParam(5e-5, loguniform(-5, -3.5), "featurizer and classifier learning rate", domain=POSITIVE)
+            space["lr_d"] = HParam(5e-5, loguniform(-5, -3.5), "discriminator learning rate", domain=POSITIVE)
+            space["weight_decay_g"] = HParam(0.0, loguniform(-6, -2), "featurizer and classifier weight decay", domain=NON_NEGATIVE)
         return space
 
     def losses(self, minibatches: Minibatches, features: torch.Tensor) -> AdversarialLosses:

@@ -22,14 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from fishr_tune.algorithms.base import Algorithm, Minibatches, register_algorithm
-from fishr_tune.hparams import HParam, choice
+from fishr_tune.hparams import Domain, HParam, choice
 from fishr_tune.networks import Classifier, Featurizer
 
 
 @register_algorithm("Fish")
 class Fish(Algorithm):
     HPARAMS = {
-        "meta_lr": HParam(0.5, choice(0.05, 0.1, 0.5), "fraction of the way toward the inner-loop weights"),
+        "meta_lr": HParam(0.5, choice(0.05, 0.1, 0.5), "fraction of the way toward the inner-loop weights",
+                          domain=Domain(0.0, 1.0, low_open=True)),
         "fish_permute_domains": HParam(
             False, doc="inner steps in a random domain order each update (the Fish paper), not in order (DomainBed)"
         ),

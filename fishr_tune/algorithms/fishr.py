@@ -19,7 +19,7 @@ from torch import nn
 from fishr_tune.algorithms.base import Algorithm, Minibatches, register_algorithm
 from fishr_tune.errors import ConfigError
 from fishr_tune.gradvar import LossKind, engine_names, fishr_penalty, get_engine, head_parameter_count, per_sample_losses
-from fishr_tune.hparams import HParam, fixed, loguniform, uniform
+from fishr_tune.hparams import NON_NEGATIVE, STEPS, UNIT_OPEN, HParam, fixed, loguniform, uniform
 from fishr_tune.networks import Classifier, Featurizer
 
 # A full covariance holds one p x p block per head parameter tensor and domain (up to D x P^2 numbers): beyond
@@ -52,9 +52,11 @@ class DomainMovingAverage:
 @register_algorithm("Fishr")
 class Fishr(Algorithm):
     HPARAMS = {
-        "lambda": HParam(1000.0, loguniform(1, 4), "penalty weight from penalty_anneal_iters on"),
-        "ema": HParam(0.95, uniform(0.90, 0.99), "moving-average coefficient of the per-domain gradient variances"),
-        "penalty_anneal_iters": HParam(1500, uniform(0, 5000, integer=True), "steps with penalty weight 0; Adam restarts then"),
+        "lambda": HParam(1000.0, loguniform(1, 4), "penalty weight from penalty_anneal_iters on", domain=NON_NEGATIVE),
+        "ema": HParam(0.95, uniform(0.90, 0.99), "moving-average coefficient of the per-domain gradient variances",
+                      domain=UNIT_OPEN),
+        "penalty_anneal_iters": HParam(1500, uniform(0, 5000, integer=True), "steps with penalty weight 0; Adam restarts then",
+                                      domain=STEPS),
         "gradvar_engine": HParam(
             "closed_form", fixed(), "per-sample gradient variances: closed_form, torch_func or backpack", valid=tuple(engine_names())
         ),

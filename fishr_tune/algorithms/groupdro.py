@@ -11,12 +11,13 @@ import torch.nn.functional as F
 
 from fishr_tune.algorithms.base import Minibatches, register_algorithm, split_logits
 from fishr_tune.algorithms.erm import ERM
-from fishr_tune.hparams import HParam, loguniform
+from fishr_tune.hparams import POSITIVE, HParam, loguniform
 
 
 @register_algorithm("GroupDRO")
 class GroupDRO(ERM):
-    HPARAMS = {"groupdro_eta": HParam(1e-2, loguniform(-3, -1), "step size of the domain weights' exponentiated ascent")}
+    HPARAMS = {"groupdro_eta": HParam(1e-2, loguniform(-3, -1), "step size of the domain weights' exponentiated ascent",
+                                       domain=POSITIVE)}
     UPDATE_KEYS = ("loss", "nll")
 
     q: torch.Tensor

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from fishr_tune.algorithms.base import register_algorithm
 from fishr_tune.algorithms.penalized import AnnealedPenaltyERM
-from fishr_tune.hparams import HParam, loguniform
+from fishr_tune.hparams import NON_NEGATIVE, STEPS, HParam, loguniform
 
 
 def dummy_scale_gradient(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -29,8 +29,10 @@ def irm_penalty(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 @register_algorithm("IRM")
 class IRM(AnnealedPenaltyERM):
     HPARAMS = {
-        "irm_lambda": HParam(1e2, loguniform(-1, 5), "penalty weight from irm_penalty_anneal_iters on (1.0 before)"),
-        "irm_penalty_anneal_iters": HParam(500, loguniform(0, 4, integer=True), "steps with penalty weight 1.0; Adam restarts then"),
+        "irm_lambda": HParam(1e2, loguniform(-1, 5), "penalty weight from irm_penalty_anneal_iters on (1.0 before)",
+                             domain=NON_NEGATIVE),
+        "irm_penalty_anneal_iters": HParam(500, loguniform(0, 4, integer=True), "steps with penalty weight 1.0; Adam restarts then",
+                                         domain=STEPS),
     }
     LAMBDA = "irm_lambda"
     ANNEAL_ITERS = "irm_penalty_anneal_iters"

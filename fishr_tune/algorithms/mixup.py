@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from fishr_tune.algorithms.base import Minibatches, register_algorithm
 from fishr_tune.algorithms.erm import ERM
-from fishr_tune.hparams import HParam, loguniform
+from fishr_tune.hparams import POSITIVE, HParam, loguniform
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -37,7 +37,8 @@ def mixed_cross_entropy(logits: torch.Tensor, yi: torch.Tensor, yj: torch.Tensor
 
 @register_algorithm("Mixup")
 class Mixup(ERM):
-    HPARAMS = {"mixup_alpha": HParam(0.2, loguniform(-1, 1), "Beta(alpha, alpha) distribution of the mixing weight")}
+    HPARAMS = {"mixup_alpha": HParam(0.2, loguniform(-1, 1), "Beta(alpha, alpha) distribution of the mixing weight",
+                                      domain=POSITIVE)}
     UPDATE_KEYS = ("loss", "nll")
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:

@@ -13,12 +13,13 @@ import torch.nn.functional as F
 
 from fishr_tune.algorithms.base import Minibatches, register_algorithm
 from fishr_tune.algorithms.erm import ERM
-from fishr_tune.hparams import HParam, loguniform
+from fishr_tune.hparams import NON_NEGATIVE, HParam, loguniform
 
 # DomainBed's kernel bandwidths: the kernel is the sum of exp(-gamma * ||x - y||^2) over these.
 GAUSSIAN_GAMMAS: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 
-MMD_GAMMA = HParam(1.0, loguniform(-1, 1), "weight of the feature-matching penalty (not a kernel width)")
+MMD_GAMMA = HParam(1.0, loguniform(-1, 1), "weight of the feature-matching penalty (not a kernel width)",
+                   domain=NON_NEGATIVE)
 
 
 def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 
 from fishr_tune.algorithms.base import register_algorithm
 from fishr_tune.algorithms.penalized import AnnealedPenaltyERM
-from fishr_tune.hparams import HParam, loguniform
+from fishr_tune.hparams import NON_NEGATIVE, STEPS, HParam, loguniform
 
 
 def risk_variance(domain_losses: torch.Tensor) -> torch.Tensor:
@@ -17,8 +17,10 @@ def risk_variance(domain_losses: torch.Tensor) -> torch.Tensor:
 @register_algorithm("VREx")
 class VREx(AnnealedPenaltyERM):
     HPARAMS = {
-        "vrex_lambda": HParam(1e1, loguniform(-1, 5), "penalty weight from vrex_penalty_anneal_iters on (1.0 before)"),
-        "vrex_penalty_anneal_iters": HParam(500, loguniform(0, 4, integer=True), "steps with penalty weight 1.0; Adam restarts then"),
+        "vrex_lambda": HParam(1e1, loguniform(-1, 5), "penalty weight from vrex_penalty_anneal_iters on (1.0 before)",
+                              domain=NON_NEGATIVE),
+        "vrex_penalty_anneal_iters": HParam(500, loguniform(0, 4, integer=True), "steps with penalty weight 1.0; Adam restarts then",
+                                          domain=STEPS),
     }
     LAMBDA = "vrex_lambda"
     ANNEAL_ITERS = "vrex_penalty_anneal_iters"

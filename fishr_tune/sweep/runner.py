@@ -17,12 +17,14 @@ import yaml
 
 from fishr_tune import records
 from fishr_tune.errors import ConfigError
+from fishr_tune.sweep.preflight import check_before_ray, check_cluster_resources
 from fishr_tune.sweep.mlflow_callback import MlflowCallback, finish_sweep_run, open_journal
 from fishr_tune.sweep.mlflow_inputs import split_entities
 from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY, make_search
 from fishr_tune.sweep.spec import SweepSpec
 from fishr_tune.sweep.storage import SweepLocation
 from fishr_tune.sweep.trainable import STEPS_TRAINED, dataset_key, sweep_trainable
+from fishr_tune.yaml_io import load_yaml, parse_yaml
 
 SPEC_FILE = "sweep_spec.yaml"
 SUMMARY_FILE = "sweep_summary.json"
@@ -291,7 +293,7 @@ def check_experiment_dir(spec: SweepSpec, resume: bool) -> SweepLocation:
         raise ConfigError(f"{location.uri} already holds sweep {spec.name!r}; pass --resume to continue it, or use another --name")
     saved = location.read_text(SPEC_FILE) if resume else None
     if saved is not None:
-        previous = yaml.safe_load(saved) or {}
+        previous = parse_yaml(saved, f"{location.uri}/{SPEC_FILE}") or {}
         mine = _spec_snapshot(spec)
         ignored = {"storage_path", "tracking_uri", "max_failures", "description", "system_metrics"}
         changed = sorted(k for k in mine if k not in ignored and previous.get(k) != mine[k])
@@ -330,8 +332,8 @@ def autoscaling_slots(spec: SweepSpec, config_path: str = AUTOSCALING_CONFIG) ->
     a cluster that starts with no GPU worker must still see every trial it can run as demand, or it never grows."""
     path = Path(config_path).expanduser()
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
-    except (OSError, yaml.YAMLError):
+        config = load_yaml(path) if path.exists() else None
+    except ConfigError:
         return 0
     if not isinstance(config, dict) or not isinstance(config.get("available_node_types"), dict):
         return 0
@@ -374,6 +376,14 @@ def trials_follow_the_cluster(spec: SweepSpec) -> Iterator[int]:
             os.environ.pop(PENDING_TRIALS_ENV, None)
 
 
+def check_ray_resources(spec: SweepSpec) -> None:
+    """On a running Ray (a cluster, or one a caller started) one trial must fit on a node it has or may launch."""
+    import ray
+
+    resources = spec.settings.resources
+    check_cluster_resources(resources.cpu, resources.gpu, ray.nodes(), autoscaling_slots(spec), spec.source)
+
+
 def build_datasets(spec: SweepSpec) -> dict[str, Any]:
     """Each (dataset, trial_seed, label_noise) built once, before Ray starts (a bad data_dir fails fast)."""
     from fishr_tune.data import get_dataset
@@ -413,6 +423,7 @@ def run_sweep(
     # Frequent per-trial checkpoints are by design here (every record); Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = time.monotonic()
+    check_before_ray(spec, address, num_cpus)
     location = check_experiment_dir(spec, resume)
     settings = spec.settings
     datasets = build_datasets(spec)
@@ -422,6 +433,8 @@ def run_sweep(
                 "storage_path": location.storage_path}
     started_ray = ensure_ray(address, num_cpus)
     try:
+        if address or not started_ray:
+            check_ray_resources(spec)
         dataset_refs = share_datasets(datasets)
         del datasets
         run_settings = {

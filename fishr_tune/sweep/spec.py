@@ -14,16 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from fishr_tune.algorithms import get_algorithm_class
 from fishr_tune.data import DATASET_ENVIRONMENTS, check_dataset_name, check_test_envs
-from fishr_tune.errors import ConfigError
-from fishr_tune.hparams import apply_overrides, default_hparams, hparam_space
+from fishr_tune.errors import ConfigError, quote
+from fishr_tune.hparams import MAX_SEED, apply_overrides, default_hparams, hparam_space
+from fishr_tune.sweep.preflight import check_tracking_uri
+from fishr_tune.yaml_io import load_yaml
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DISTRIBUTION_KINDS = ("loguniform", "uniform", "int", "logint", "choice")
+MAX_SEARCH_SEED = 2**18 - 1  # * 10,007 + any group index stays below 2**32
 
 
 @dataclass(frozen=True)
@@ -48,30 +50,30 @@ def parse_distribution(value: Any) -> Distribution | Any:
     """A fixed value passes through; a one-key mapping {kind: [low, high]} or {choice: [...]} becomes a Distribution."""
     if not isinstance(value, Mapping):
         if isinstance(value, (list, tuple)):
-            raise ValueError(f"expected a value or a mapping like {{loguniform: [1.0e-4, 1.0e-2]}}, got a list {list(value)!r}")
+            raise ValueError(f"expected a value or a mapping like {{loguniform: [1.0e-4, 1.0e-2]}}, got a list {quote(list(value))}")
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"expected a finite number, got {value!r}")
+            raise ValueError(f"expected a finite number, got {quote(value)}")
         return value
     if len(value) != 1:
         raise ValueError(f"expected exactly one of {', '.join(DISTRIBUTION_KINDS)}, got keys {sorted(map(str, value))}")
     kind, args = next(iter(value.items()))
     if kind not in DISTRIBUTION_KINDS:
-        raise ValueError(f"unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTION_KINDS)}")
+        raise ValueError(f"unknown distribution {quote(kind)}; expected one of {', '.join(DISTRIBUTION_KINDS)}")
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise ValueError("choice: expected a non-empty list of values")
         for option in args:
             if isinstance(option, (Mapping, list)) or (isinstance(option, float) and not math.isfinite(option)):
-                raise ValueError(f"choice: options must be plain values, got {option!r}")
+                raise ValueError(f"choice: options must be plain values, got {quote(option)}")
         return Distribution("choice", choices=tuple(args))
     if not isinstance(args, list) or len(args) != 2:
-        raise ValueError(f"{kind}: expected a list [low, high], got {args!r}")
+        raise ValueError(f"{kind}: expected a list [low, high], got {quote(args)}")
     low, high = args
     for bound in (low, high):
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
-            raise ValueError(f"{kind}: bounds must be finite numbers, got {args!r}")
+            raise ValueError(f"{kind}: bounds must be finite numbers, got {quote(args)}")
     if kind in ("int", "logint") and not all(isinstance(b, int) or float(b).is_integer() for b in (low, high)):
-        raise ValueError(f"{kind}: bounds must be integers, got {args!r}")
+        raise ValueError(f"{kind}: bounds must be integers, got {quote(args)}")
     if not low < high:
         raise ValueError(f"{kind}: expected low < high, got [{low}, {high}] (write a fixed value for a single one)")
     if kind in ("loguniform", "logint") and low <= 0:
@@ -84,7 +86,8 @@ class SearchSettings(BaseModel):
 
     algorithm: Literal["tpe", "random"] = "tpe"
     num_samples: StrictInt = Field(8, gt=0, description="configurations per group")
-    seed: StrictInt = Field(0, ge=0)
+    # Each group's TPE sampler is seeded with seed * 10,007 + group index (sweep/search.py), which numpy needs below 2**32.
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEARCH_SEED)
 
 
 class SchedulerSettings(BaseModel):
@@ -150,8 +153,8 @@ class SweepFile(BaseModel):
     @field_validator("trial_seeds")
     @classmethod
     def _non_negative(cls, value: list[int]) -> list[int]:
-        if any(seed < 0 for seed in value):
-            raise ValueError("trial seeds must be >= 0")
+        if any(seed < 0 or seed > MAX_SEED for seed in value):
+            raise ValueError(f"trial seeds must be in [0, {MAX_SEED}]")
         if len(set(value)) != len(value):
             raise ValueError("trial seeds must be distinct")
         return value
@@ -227,12 +230,12 @@ def _format(error: ValidationError, source: str, flag_names: set[str]) -> Config
     if loc and loc[0] == "test_envs":
         return ConfigError(
             f"{source}: key 'test_envs': expected 'all', 'pairs', or a list of environment indices / lists of them "
-            f"(got {first.get('input')!r})"
+            f"(got {quote(first.get('input'))})"
         )
     loc = [p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("function-after", "function-before")))]
     path = _path(loc)
     flag = "num_samples" if loc == ["search", "num_samples"] else (loc[0] if len(loc) == 1 else None)
-    where = f"--{flag.replace('_', '-')}" if flag in flag_names else f"{source}: key {path!r}"
+    where = f"--{flag.replace('_', '-')}" if flag in flag_names else f"{source}: key {quote(path)}"
     if first["type"] == "extra_forbidden":
         parent = SweepFile
         for part in loc[:-1]:
@@ -240,11 +243,11 @@ def _format(error: ValidationError, source: str, flag_names: set[str]) -> Config
             annotation = getattr(field, "annotation", None)
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 parent = annotation
-        return ConfigError(f"{source}: unknown key {path!r}; valid keys here: {', '.join(parent.model_fields)}")
+        return ConfigError(f"{source}: unknown key {quote(path)}; valid keys here: {', '.join(parent.model_fields)}")
     if first["type"] == "missing":
-        return ConfigError(f"{source}: missing required key {path!r}")
+        return ConfigError(f"{source}: missing required key {quote(path)}")
     message = first["msg"].removeprefix("Value error, ")
-    return ConfigError(f"{where}: {message} (got {first.get('input')!r})")
+    return ConfigError(f"{where}: {message} (got {quote(first.get('input'))})")
 
 
 def resolve_test_envs(value: str | list[int | list[int]], dataset: str, source: str) -> list[tuple[int, ...]]:
@@ -273,9 +276,9 @@ def _check_value(algorithm: str, dataset: str, name: str, value: Any, where: str
     if isinstance(value, Distribution):
         is_int = isinstance(default, int) and not isinstance(default, bool)
         if is_int and value.kind in ("uniform", "loguniform"):
-            raise ConfigError(f"{where}: {name!r} is an integer: use int: [low, high], logint: [low, high] or choice")
+            raise ConfigError(f"{where}: {quote(name)} is an integer: use int: [low, high], logint: [low, high] or choice")
         if not isinstance(default, (int, float)) and value.kind != "choice":
-            raise ConfigError(f"{where}: {name!r} is a {type(default).__name__}: use a fixed value or choice")
+            raise ConfigError(f"{where}: {quote(name)} is a {type(default).__name__}: use a fixed value or choice")
         samples = value.representatives()
     else:
         samples = [value]
@@ -297,7 +300,7 @@ def build_spec(values: Any, source: str, flag_names: set[str] | None = None) -> 
         raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {type(values).__name__}")
     bad_keys = [k for k in values if not isinstance(k, str)]
     if bad_keys:
-        raise ConfigError(f"{source}: top-level keys must be names, got {bad_keys[0]!r}")
+        raise ConfigError(f"{source}: top-level keys must be names, got {quote(bad_keys[0])}")
     try:
         settings = SweepFile(**values)
     except ValidationError as error:
@@ -356,8 +359,9 @@ def build_spec(values: Any, source: str, flag_names: set[str] | None = None) -> 
                 raise ConfigError(f"{where}: unknown hyperparameter for {algorithm}; valid: {', '.join(sorted(valid))}")
             _check_value(algorithm, settings.dataset, name, value, where)
             spaces[algorithm][name] = value
-    if not settings.tracking_uri.strip():
-        raise ConfigError(f"{source}: key 'tracking_uri': expected a URI like {DEFAULT_TRACKING_URI!r}, got an empty string")
+    check_tracking_uri(
+        settings.tracking_uri, "--tracking-uri" if "tracking_uri" in flag_names else f"{source}: key 'tracking_uri'", local_files=False
+    )
 
     groups = tuple(
         Group(settings.dataset, algorithm, envs, seed)
@@ -371,21 +375,7 @@ def build_spec(values: Any, source: str, flag_names: set[str] | None = None) -> 
 def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
     """Read and validate a search-space YAML; never raises anything but ConfigError for bad input."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"{source}: cannot read ({error.strerror or error})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source}: not a UTF-8 text file") from None
-    try:
-        values = yaml.safe_load(text)
-    except ValueError as error:  # a scalar that looks like a date but is not one
-        raise ConfigError(f"{source}: not valid YAML ({error})") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{source}: not valid YAML{where} ({problem})") from None
+    values = load_yaml(path, source)
     if values is None:
         raise ConfigError(f"{source}: the file is empty; expected a mapping with at least name, dataset and algorithms")
     return build_spec(values, source)
