@@ -228,6 +228,7 @@ def test_resume_re_adopts_or_closes_the_runs_of_trials_tune_lost(tiny_sweep, tmp
     report(second, kept, 119)
     second.on_trial_complete(0, [kept, again], again)
     second.on_trial_complete(0, [kept, again], kept)
+    second.wait_for_closing_runs()  # runs are closed off Tune's loop, as the sweep's end waits for them
     assert second.journal.flush(force=True) == 0
 
     client = MlflowClient(uri)
