@@ -198,7 +198,7 @@ def _shared_hparams(dataset: str) -> dict[str, HParam]:
         space.update(image_hparams())
     if DEFAULT_FEATURIZER.get(dataset) == "mlp":
         space["hidden_dim"] = HParam(390, fixed(), "MLP featurizer width (IRM's 390)", domain=WIDTH)
-        space["hidden_layers"] = HParam(2, fixed(), "MLP featurizer depth", domain=at_least(1, 64))
+        space["hidden_layers"] = HParam(2, fixed(), "MLP featurizer depth (0: a linear model, as fish-linear trains)", domain=at_least(0, 64))
     return space
 
 
