@@ -98,8 +98,9 @@ class SweepSummary:
 def trial_outcome(trial: Any, steps: int, completed: Collection[str] = ()) -> str:
     """running / pending / finished / stopped_early / failed / unfinished, from Tune's status and the last result.
 
-    A trial ended when Tune completed it in this session (`completed`: on_trial_complete, for a trainable that
-    returned or a trial the scheduler stopped) or marked its last result `done` in an earlier one. A trial that an
+    A trial ended when Tune completed it (`completed`: on_trial_complete in this session, for a trainable that
+    returned or a trial the scheduler stopped; or restored as ended, see ProgressCallback.ended) or marked its last
+    result `done`. A trial that an
     interruption (Ctrl-C, a lost driver) cut off is TERMINATED without either, even after logging its final step,
     and --resume runs it on: it is unfinished, neither finished nor stopped early."""
     last = trial.last_result or {}
@@ -186,6 +187,7 @@ class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
         self.live: Any = None
         self.trials: list[Any] = []
         self.completed: set[str] = set()  # trials Tune completed in this session (returned or stopped)
+        self.started: set[str] = set()  # trials Tune started (or restarted) in this session
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the experiment: keep the settings, drop the terminal and the trials."""
@@ -208,6 +210,19 @@ class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.completed.add(trial.trial_id)
 
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.started.add(trial.trial_id)
+
+    @property
+    def ended(self) -> set[str]:
+        """Trials known to have ended: completed in this session, or restored already TERMINATED by --resume.
+
+        Tune restores a trial that an interruption cut off as pending and runs it on, so one that comes back
+        TERMINATED and is never started again had ended in an earlier session, even where the saved state lost
+        the `done` of its last result (Tune can snapshot that result before marking it)."""
+        restored_ended = {t.trial_id for t in self.trials if t.status == "TERMINATED" and t.trial_id not in self.started}
+        return self.completed | restored_ended
+
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         self.trials = trials
         now = time.monotonic()
@@ -217,7 +232,7 @@ class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
         self.last_print = now
 
     def show(self, trials: Sequence[Any]) -> None:
-        groups = count_groups(trials, self.spec, self.completed)
+        groups = count_groups(trials, self.spec, self.ended)
         if self.stream.isatty():
             from rich.console import Console
             from rich.live import Live
@@ -486,7 +501,7 @@ def run_sweep(
             )
         with trials_follow_the_cluster(spec):
             tuner.fit()
-        summary = summarize(progress.trials, spec, location.uri, time.monotonic() - started, progress.completed)
+        summary = summarize(progress.trials, spec, location.uri, time.monotonic() - started, progress.ended)
         summary.mlflow_pending = finish_sweep_run(mlflow_callback, summary)
         summary.mlflow_error = journal.last_error
         summary.mlflow_journal = str(journal.directory)

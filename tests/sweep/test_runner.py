@@ -4,6 +4,7 @@ with 2 CPUs); and, marked slow, a genuine two-node cluster on this machine that 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import re
@@ -609,6 +610,29 @@ def test_summary_counts_trials_an_interruption_cut_off_as_unfinished() -> None:
     counts = summary.groups[erm]
     assert (counts.finished, counts.stopped_early, counts.failed, counts.unfinished) == (1, 1, 1, 2)
     assert summary.interrupted and "3 unfinished (continue with --resume)" in summary.lines()[0]
+
+
+def test_resumed_summary_counts_trials_that_ended_in_an_earlier_session() -> None:
+    """On --resume, Tune restores a trial that had ended as TERMINATED and never starts it again, sometimes with a
+    last result saved before its `done` mark (seen in CI): it still ended. A trial cut off in this session did not."""
+    from fishr_tune.sweep.runner import ProgressCallback, summarize
+
+    spec = build_spec({**copy.deepcopy(BASE), "steps": 120, "name": "resumed", "search": {"num_samples": 5}}, "t.yaml")
+    erm = "ERM/te2/ts0"
+    progress = ProgressCallback(spec, io.StringIO(), interval_s=3600.0)
+    trials = [
+        fake_trial("old-full", erm, "TERMINATED", 119, 0.8, done=False),  # ended last session, `done` not saved
+        fake_trial("old-asha", erm, "TERMINATED", 40, 0.6, done=False),  # stopped by ASHA last session
+        fake_trial("rerun", erm, "TERMINATED", 119, 0.9, done=False),  # resumed now, completed now
+        fake_trial("cut-again", erm, "TERMINATED", 80, 0.7, done=False),  # resumed now, cut off again now
+        fake_trial("waiting", erm, "PENDING"),
+    ]
+    for trial in trials[2:4]:
+        progress.on_trial_start(0, trials, trial)
+    progress.on_trial_complete(1, trials, trials[2])
+    progress.on_step_end(2, trials)
+    summary = summarize(progress.trials, spec, "/x", 1.0, progress.ended)
+    assert (summary.finished, summary.stopped_early, summary.failed, summary.unfinished) == (2, 1, 0, 2)
 
 
 def test_progress_display_on_a_terminal_is_a_table() -> None:
