@@ -187,7 +187,7 @@ class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
         self.live: Any = None
         self.trials: list[Any] = []
         self.completed: set[str] = set()  # trials Tune completed in this session (returned or stopped)
-        self.started: set[str] = set()  # trials Tune started (or restarted) in this session
+        self.restored_ended: set[str] | None = None  # trials already TERMINATED when this session's loop began
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the experiment: keep the settings, drop the terminal and the trials."""
@@ -210,18 +210,18 @@ class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.completed.add(trial.trial_id)
 
-    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.started.add(trial.trial_id)
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self.restored_ended is None:
+            self.restored_ended = {t.trial_id for t in trials if t.status == "TERMINATED"}
 
     @property
     def ended(self) -> set[str]:
         """Trials known to have ended: completed in this session, or restored already TERMINATED by --resume.
 
         Tune restores a trial that an interruption cut off as pending and runs it on, so one that comes back
-        TERMINATED and is never started again had ended in an earlier session, even where the saved state lost
-        the `done` of its last result (Tune can snapshot that result before marking it)."""
-        restored_ended = {t.trial_id for t in self.trials if t.status == "TERMINATED" and t.trial_id not in self.started}
-        return self.completed | restored_ended
+        TERMINATED had ended in an earlier session, even where the saved state lost the `done` of its last result
+        (Tune can snapshot that result before marking it)."""
+        return self.completed | (self.restored_ended or set())
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         self.trials = trials

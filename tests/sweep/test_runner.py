@@ -620,17 +620,19 @@ def test_resumed_summary_counts_trials_that_ended_in_an_earlier_session() -> Non
     spec = build_spec({**copy.deepcopy(BASE), "steps": 120, "name": "resumed", "search": {"num_samples": 5}}, "t.yaml")
     erm = "ERM/te2/ts0"
     progress = ProgressCallback(spec, io.StringIO(), interval_s=3600.0)
-    trials = [
+    restored = [
         fake_trial("old-full", erm, "TERMINATED", 119, 0.8, done=False),  # ended last session, `done` not saved
         fake_trial("old-asha", erm, "TERMINATED", 40, 0.6, done=False),  # stopped by ASHA last session
-        fake_trial("rerun", erm, "TERMINATED", 119, 0.9, done=False),  # resumed now, completed now
-        fake_trial("cut-again", erm, "TERMINATED", 80, 0.7, done=False),  # resumed now, cut off again now
+        fake_trial("rerun", erm, "PENDING", 80, 0.7),  # cut off last session: Tune runs it on
+        fake_trial("cut-again", erm, "PENDING", 40, 0.6),  # the same, and cut off again now
         fake_trial("waiting", erm, "PENDING"),
     ]
-    for trial in trials[2:4]:
-        progress.on_trial_start(0, trials, trial)
-    progress.on_trial_complete(1, trials, trials[2])
-    progress.on_step_end(2, trials)
+    progress.on_step_begin(0, restored)
+    now = restored[:2] + [fake_trial("rerun", erm, "TERMINATED", 119, 0.9, done=False),
+                          fake_trial("cut-again", erm, "TERMINATED", 80, 0.7, done=False), restored[4]]
+    progress.on_step_begin(1, now)  # only the loop's first step says what was restored
+    progress.on_trial_complete(1, now, now[2])
+    progress.on_step_end(2, now)
     summary = summarize(progress.trials, spec, "/x", 1.0, progress.ended)
     assert (summary.finished, summary.stopped_early, summary.failed, summary.unfinished) == (2, 1, 0, 2)
 
