@@ -25,6 +25,9 @@ STEP_TIME = "step_time"
 HPARAMS = "hparams"
 ARGS = "args"
 VAL_ACC = "val_acc"
+# A sweep trial's last record, when the sweep asks for it: fishr_tune.inconsistency's score and its diagonal version.
+INCONSISTENCY = "inconsistency"
+INCONSISTENCY_DIAGONAL = "inconsistency_diagonal"
 # MLflow tag on a sweep's parent run: {algorithm: {hparam: distribution kind}}, so plots draw each axis as searched.
 SPACE_TAG = "fishr_tune.space"
 SPLITS = ("in", "out")

@@ -310,7 +310,7 @@ def check_experiment_dir(spec: SweepSpec, resume: bool) -> SweepLocation:
     if saved is not None:
         previous = parse_yaml(saved, f"{location.uri}/{SPEC_FILE}") or {}
         mine = _spec_snapshot(spec)
-        ignored = {"storage_path", "tracking_uri", "max_failures", "description", "system_metrics"}
+        ignored = {"storage_path", "tracking_uri", "max_failures", "description", "system_metrics", "inconsistency_epsilon"}
         changed = sorted(k for k in mine if k not in ignored and previous.get(k) != mine[k])
         if changed:
             raise ConfigError(f"--resume: the sweep in {location.uri} was started with different settings ({', '.join(changed)})")
@@ -462,6 +462,7 @@ def run_sweep(
             "device": "auto" if settings.resources.gpu > 0 else "cpu",
             "cpus_per_trial": settings.resources.cpu,
             "system_metrics": settings.system_metrics,
+            "inconsistency_epsilon": settings.inconsistency_epsilon,
         }
         resources = {"cpu": settings.resources.cpu, "gpu": settings.resources.gpu}
         wrapped = tune.with_resources(tune.with_parameters(trainable, dataset_refs=dataset_refs, run=run_settings), resources)

@@ -142,6 +142,9 @@ class SweepFile(BaseModel):
     tracking_uri: str = DEFAULT_TRACKING_URI
     max_failures: StrictInt = Field(2, ge=0)
     system_metrics: bool = Field(False, description="log each trial's CPU, memory (and GPU) use as MLflow system metrics")
+    inconsistency_epsilon: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="at each trial's last step, log the inconsistency score at this epsilon (as `fishr-tune inspect`)")
 
     @field_validator("name")
     @classmethod

@@ -61,6 +61,17 @@ def tune_metrics(record: Mapping[str, Any], group: str, steps_trained: int, star
     return metrics
 
 
+def final_inconsistency(trainer: Trainer, epsilon: float) -> dict[str, float]:
+    """The trained head's inconsistency score on the training environments' `in` splits, as `fishr-tune inspect`
+    computes it from the run's checkpoint: logged with the trial's last record so MLflow can rank runs by it."""
+    from fishr_tune.inconsistency import inconsistency
+    from fishr_tune.inspection import loss_kind, training_domains
+
+    report = inconsistency(trainer.algorithm.classifier, training_domains(trainer), loss_kind(trainer), epsilon=epsilon)
+    trainer.algorithm.train()
+    return {records.INCONSISTENCY: report.inconsistency, records.INCONSISTENCY_DIAGONAL: report.inconsistency_diagonal}
+
+
 def run_trial(
     config: dict[str, Any],
     dataset_refs: Mapping[str, Any],
@@ -86,6 +97,9 @@ def run_trial(
             metrics = tune_metrics(record, config[GROUP_KEY], trainer.step, start_step)
             if system is not None:
                 metrics.update(system.take())
+            epsilon = run.get("inconsistency_epsilon")
+            if epsilon is not None and record[records.STEP] == trainer.config.steps - 1:
+                metrics.update(final_inconsistency(trainer, float(epsilon)))
             with tempfile.TemporaryDirectory() as directory:
                 trainer.save_checkpoint(Path(directory) / CHECKPOINT_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -88,6 +88,7 @@ def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_r
             assert all(math.isfinite(m.value) for m in history)
     erm = next(c for c in children if c.data.tags["algorithm"] == "ERM")
     assert records.PENALTY not in erm.data.metrics
+    assert not any(records.INCONSISTENCY in c.data.metrics for c in children)  # only when the sweep asks for it
     parent, _ = mlflow_runs(mlflow_server.uri, "mirror")
     assert parent.data.metrics["finished"] == 4 and parent.data.params["dataset"] == "ColoredMNIST-IRM"
     # the settings as the sweep used them: the dataset's label noise, absolute storage path, the tracking URI
