@@ -110,7 +110,8 @@ start() {
     if [ -n "$gcs" ]; then
         setsid nohup "$(readlink -f "$0")" watch "$gcs" "$pid" > /dev/null 2>&1 < /dev/null &
         echo "$!" > "$watcher_file"
-        echo "mlflow-server: stops when process $gcs ($(cat "/proc/$gcs/comm" 2>/dev/null || echo gone)) ends, as at ray stop / ray down"
+        echo "mlflow-server: stops when process $gcs ($(cat "/proc/$gcs/comm" 2>/dev/null || echo gone)) ends," \
+            "as at ray stop / ray down"
     else
         echo "mlflow-server: no Ray head of this user runs here: it stops only with '$0 stop'"
     fi
