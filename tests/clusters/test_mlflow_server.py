@@ -58,8 +58,9 @@ def servers_on(port: int) -> list[int]:
 def server_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     home = tmp_path / "home"
     home.mkdir()
+    # The watcher follows this test process, not whichever Ray head of this user happens to run on the machine.
     env = {**os.environ, "HOME": str(home), "MLFLOW_PORT": str(free_port()), "MLFLOW_WORKERS": "1",
-           "MLFLOW_START_TIMEOUT_S": "240"}
+           "MLFLOW_START_TIMEOUT_S": "240", "MLFLOW_STOP_WITH_PID": str(os.getpid())}
     yield env
     subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
 
