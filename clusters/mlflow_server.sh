@@ -8,10 +8,14 @@
 # start: stops the server this script started before (by its pid file, and only if that pid is still an MLflow
 # server), starts a new one in its own session, writes its pid, and waits until /health answers; on failure it
 # prints the log's tail and exits 1. With a Ray head of this user running, it also leaves a watcher that stops the
-# server when that head stops: `ray down` runs `ray stop` on the head (and nothing else on an on-premise head),
-# so this is how `ray down` ends the server there too.
+# server when that head's GCS process ends: `ray down` runs only `ray stop` on the head (Ray has no teardown hook;
+# the clouds then delete the machine, an on-premise head stays up), so this is how `ray down` ends the server.
+# The watcher polls /proc and counts a zombie as ended: a GCS orphaned by `ray start` whose new parent never reaps
+# (a container's or a pid namespace's pid 1) stays a zombie, on which `tail --pid`/`kill -0` would wait forever.
 # Settings (environment): MLFLOW_HOST (127.0.0.1: reach it through an SSH tunnel), MLFLOW_PORT (5000),
-# MLFLOW_WORKERS (2), MLFLOW_STATE_DIR (where the pid file and log go: $HOME), MLFLOW_START_TIMEOUT_S (120).
+# MLFLOW_WORKERS (2), MLFLOW_STATE_DIR (where the pid file and log go: $HOME), MLFLOW_START_TIMEOUT_S (120),
+# MLFLOW_STOP_WITH_PID (the process whose end stops the server; default: this user's newest gcs_server, the head
+# that `ray start --head` has just started).
 set -euo pipefail
 
 host="${MLFLOW_HOST:-127.0.0.1}"
@@ -55,8 +59,18 @@ stop() {
     stop_pid_file "$pid_file" "mlflow server"
 }
 
+# Whether pid $1 still runs, named $2: gone, a zombie (state Z/X) or a reused pid (another name) is ended.
+running() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ] || return 1
+    case "${stat##*) }" in Z*|X*) return 1 ;; esac
+}
+
 watch() {  # $1: the Ray head's GCS pid, $2: the server's pid; stops that server if it is still the one started
-    tail --pid="$1" -f /dev/null
+    local name
+    name="$(cat "/proc/$1/comm" 2>/dev/null || true)"
+    while [ -n "$name" ] && running "$1" "$name"; do sleep 1; done
     if [ "$(cat "$pid_file" 2>/dev/null)" = "$2" ]; then
         rm -f "$watcher_file"
         stop_pid_file "$pid_file" "mlflow server"
@@ -89,13 +103,18 @@ start() {
         fi
         sleep 0.5
     done
-    local gcs
-    gcs="$(pgrep -u "$(id -u)" -x gcs_server | head -n 1 || true)"  # the process name: no other Ray process
+    local gcs="${MLFLOW_STOP_WITH_PID:-}"
+    # By process name (no other Ray process), the newest: the head just started, not an older one of this user.
+    [ -n "$gcs" ] || gcs="$(pgrep -n -u "$(id -u)" -x gcs_server || true)"
+    echo "mlflow-server: serving $1 on http://$host:$port (pid $pid, log $log_file)"
     if [ -n "$gcs" ]; then
         setsid nohup "$(readlink -f "$0")" watch "$gcs" "$pid" > /dev/null 2>&1 < /dev/null &
         echo "$!" > "$watcher_file"
+        echo "mlflow-server: stops when process $gcs ($(cat "/proc/$gcs/comm" 2>/dev/null || echo gone)) ends," \
+            "as at ray stop / ray down"
+    else
+        echo "mlflow-server: no Ray head of this user runs here: it stops only with '$0 stop'"
     fi
-    echo "mlflow-server: serving $1 on http://$host:$port (pid $pid, log $log_file)"
 }
 
 case "${1:-}" in

@@ -66,6 +66,7 @@ def test_ray_up_submit_analyze_down_on_this_machine() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="fishr-rehearsal-", dir="/tmp"))
     scratch.chmod(0o755)
     started = time.monotonic()
+    made_ray_tmp = not Path("/tmp/ray").exists()  # the scenario's mount point; removed again if it makes it
     try:
         done = subprocess.run(
             ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, __file__, str(scratch)],
@@ -73,6 +74,8 @@ def test_ray_up_submit_analyze_down_on_this_machine() -> None:
         )
     finally:
         subprocess.run(["userdel", USER], capture_output=True)
+        if made_ray_tmp and Path("/tmp/ray").is_dir() and not any(Path("/tmp/ray").iterdir()):  # never another Ray's
+            Path("/tmp/ray").rmdir()
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-8000:]
     report = json.loads(next(line[len(MARK):] for line in done.stdout.splitlines() if line.startswith(MARK)))
@@ -161,8 +164,14 @@ def scenario(scratch: Path) -> dict[str, Any]:
            "RAY_USAGE_STATS_ENABLED": "0"}
     sh("ray", "get-auth-token", "--generate", env=env, cwd=REPO)  # ~/.ray/auth_token, which file_mounts upload
     ray = ["ray"]
-    state_file = Path("/tmp/cluster-fishr-tune.state")  # the local provider's record of its nodes
-    state_file.unlink(missing_ok=True)
+    # /tmp/ray of a fresh machine, seen only in this namespace: the client (root here) keeps the local provider's
+    # node record there and the head's user its session dirs, and another root Ray on this machine may have made
+    # the real one root's alone (the head's `ray start` then fails with Permission denied).
+    ray_tmp = scratch / "tmp-ray"
+    ray_tmp.mkdir()
+    ray_tmp.chmod(0o1777)
+    Path("/tmp/ray").mkdir(exist_ok=True)
+    sh("mount", "--bind", str(ray_tmp), "/tmp/ray")
 
     def timed(name: str, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
         begin = time.monotonic()
