@@ -180,6 +180,26 @@ def test_the_experiment_opens_on_training_runs_with_its_description(recorded_swe
     assert "TPE search, 2 configurations per group" in tags[DESCRIPTION_TAG]
 
 
+def test_the_quickstart_files_description_reaches_its_experiment(mlflow_server, tmp_path) -> None:
+    """The shipped file, as `fishr-tune sweep` loads it: its own words open the experiment's description."""
+    from fishr_tune.sweep.spec import load_spec
+
+    source = Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml"
+    spec = load_spec(source)
+    spec = build_spec({**spec.settings.model_dump(mode="json"), "name": "qs-description", "tracking_uri": mlflow_server.uri,
+                       "storage_path": str(tmp_path)}, str(source))
+    callback = MlflowCallback(spec, MlflowJournal(tmp_path / "journal", mlflow_server.uri, "qs-description"))
+    callback.start_sweep_run()
+    assert callback.journal.flush(force=True) == 0
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("qs-description")
+    description = experiment.tags[DESCRIPTION_TAG]
+    assert description.startswith(load_spec(source).settings.description + "\n\n")
+    assert "ColoredMNIST-IRM: ERM, Fishr" in description  # then what the sweep covers, from the same file
+    parent = client.search_runs([experiment.experiment_id])[0]
+    assert parent.data.tags[DESCRIPTION_TAG] == description and "description" not in parent.data.params
+
+
 def test_analyze_logs_the_selected_checkpoint_as_a_loadable_model(recorded_sweep) -> None:
     import mlflow.pyfunc
     import mlflow.pytorch
