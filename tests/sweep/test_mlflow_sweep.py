@@ -101,6 +101,32 @@ def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_r
     assert Path(downloaded).read_text() == source.read_text()
 
 
+@pytest.mark.parametrize("system_metrics", [True, False], ids=["asked", "not-asked"])
+def test_system_metrics_reach_every_trial_run_only_when_asked(local_ray, mlflow_server, tiny_sweep, system_metrics) -> None:
+    """`system_metrics: true` gives every trial run MLflow's `system/...` metrics at each checkpoint; without it, none."""
+    import psutil
+
+    name = f"system-{'on' if system_metrics else 'off'}"
+    values = {**tiny_sweep, "algorithms": ["ERM"], "per_algorithm": {}, "steps": 80, "system_metrics": system_metrics}
+    summary = run_sweep(sweep_spec(values, name, mlflow_server.uri), stream=open(os.devnull, "w"))
+    assert summary.finished == 2 and summary.mlflow_pending == 0
+    client = MlflowClient(mlflow_server.uri)
+    _, children = mlflow_runs(mlflow_server.uri, name)
+    assert len(children) == 2
+    for child in children:
+        system = sorted(k for k in child.data.metrics if k.startswith("system/"))
+        if not system_metrics:
+            assert system == []
+            continue
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(system)
+        checkpoints = sorted(m.step for m in client.get_metric_history(child.info.run_id, records.VAL_ACC))
+        for key, upper in (("system/cpu_utilization_percentage", 100.0),
+                           ("system/system_memory_usage_megabytes", psutil.virtual_memory().total / 1e6)):
+            history = client.get_metric_history(child.info.run_id, key)
+            assert sorted(m.step for m in history) == checkpoints  # one sample average per record, at its step
+            assert all(0.0 <= m.value <= upper for m in history)
+
+
 def journal_pending(journal_dir: Path) -> int:
     """Operations journaled but not sent, read from the journal's files (without opening a journal on them)."""
     journaled = (journal_dir / JOURNAL_FILE).read_text().splitlines()
