@@ -69,6 +69,9 @@ def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_r
     source.write_text(yaml.safe_dump({**tiny_sweep, "name": "mirror", "tracking_uri": mlflow_server.uri}, sort_keys=False))
     summary = run_sweep(load_spec(source), stream=open(os.devnull, "w"))
     assert summary.mlflow_pending == 0 and summary.finished == 4
+    experiment_id = MlflowClient(mlflow_server.uri).get_experiment_by_name("mirror").experiment_id
+    assert summary.mlflow_view == f"{mlflow_server.uri}/#/experiments/{experiment_id}/runs?viewStateShareKey=fishr-tune-trials"
+    assert any(summary.mlflow_view in line for line in summary.lines())
     children = assert_mirrors_ray(mlflow_server.uri, "mirror", Path(summary.experiment_dir))
     client = MlflowClient(mlflow_server.uri)
     fishr = next(c for c in children if c.data.tags["algorithm"] == "Fishr")
@@ -76,7 +79,7 @@ def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_r
     assert fishr.data.tags["env2"] == "-90%" and fishr.data.tags["status"] == "finished"
     assert fishr.info.run_name.startswith("Fishr te2 ts0 ")
     for child in children:  # one path for every trial, so MLflow's compare view shows the plots side by side
-        assert [a.path for a in client.list_artifacts(child.info.run_id, "plots")] == ["plots/accuracy.png"]
+        assert [(a.path, a.is_dir) for a in client.list_artifacts(child.info.run_id)] == [("accuracy.png", False)]
         assert len(client.get_run(child.info.run_id).inputs.dataset_inputs) == 6  # 3 environments x (in, out)
     # the training losses at every checkpoint: nll for every algorithm, the penalty for Fishr (ERM has none)
     checkpoints = [0, 40, 80, 119]
