@@ -79,8 +79,10 @@ def config_digest(config: dict[str, Any]) -> str:
 
 
 def trial_run_name(config: dict[str, Any], trial_id: str) -> str:
+    """The whole Ray trial id: the sweep's summary and `fishr-tune analyze` name trials by it, so a reader finds
+    their `Run` in MLflow's list as it is printed (a shortened id matched neither)."""
     envs = "-".join(str(e) for e in config["test_envs"])
-    return f"{config['algorithm']} te{envs} ts{config['trial_seed']} {trial_id[-5:]}"
+    return f"{config['algorithm']} te{envs} ts{config['trial_seed']} {trial_id}"
 
 
 def flat_name(group: str) -> str:
@@ -113,8 +115,9 @@ def space_kinds(spec: SweepSpec) -> dict[str, dict[str, str]]:
             for algorithm, space in spec.spaces.items()}
 
 
-def sweep_description(spec: SweepSpec) -> str:
-    """The experiment's description: the search space's own `description`, then what the sweep covers."""
+def sweep_description(spec: SweepSpec, outcome: str = "") -> str:
+    """The experiment's description: the search space's own `description`, then what the sweep covers. The parent
+    run's adds `outcome` (the selected trials) after the first, where MLflow's collapsed description still shows it."""
     settings = spec.settings
     scheduler = settings.scheduler
     stopping = (f"ASHA (grace period {scheduler.grace_period} steps, reduction factor {scheduler.reduction_factor:g})"
@@ -122,9 +125,9 @@ def sweep_description(spec: SweepSpec) -> str:
     text = (f"{settings.dataset}: {', '.join(settings.algorithms)}; test envs {settings.test_envs}; trial seeds "
             f"{settings.trial_seeds}; {settings.steps} steps, a checkpoint every {settings.checkpoint_freq}. "
             f"{settings.search.algorithm.upper()} search, {settings.search.num_samples} configurations per group, {stopping}. "
-            f"Search space: `{spec.source}`. Rank trials by `best_val_acc` (training-domain validation), never by a test "
-            f"environment's accuracy.")
-    return f"{settings.description.strip()}\n\n{text}" if settings.description else text
+            f"Search space: `{spec.source}`. Rank trials by `best_val_acc` (training-domain validation; *Views* → "
+            f"*{VIEW_NAME}*), never by a test environment's accuracy.")
+    return "\n\n".join(part for part in (settings.description and settings.description.strip(), outcome, text) if part)
 
 
 def trials_view(spec: SweepSpec, now_ms: int | None = None) -> str:
@@ -149,7 +152,8 @@ def view_url(tracking_uri: str, experiment_name: str) -> str:
         return ""
     if experiment is None:
         return ""
-    route = f"#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={VIEW_ID}"
+    # workflowType: MLflow 3.17's UI otherwise keeps its GenAI navigation around the training-runs list
+    route = f"#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={VIEW_ID}&workflowType=machine_learning"
     return f"{tracking_uri.rstrip('/')}/{route}" if tracking_uri.startswith(("http://", "https://")) else route
 
 
@@ -429,7 +433,7 @@ def finish_sweep_run(callback: MlflowCallback, summary: Any) -> int:
     selected = selected_trials(callback)
     if selected:
         journal.set_run_refs(SWEEP_KEY, {f"{SELECTED_RUN_TAG}{flat_name(group)}": key for group, key in selected.items()})
-        journal.set_tags(SWEEP_KEY, {DESCRIPTION_TAG: sweep_description(callback.spec) + selection_note(callback, selected)})
+        journal.set_tags(SWEEP_KEY, {DESCRIPTION_TAG: sweep_description(callback.spec, selection_note(callback, selected))})
     journal.set_tags(SWEEP_KEY, {"status": "interrupted" if summary.unfinished else "finished"})
     if not summary.unfinished:
         journal.end_run(SWEEP_KEY, "FINISHED")
@@ -439,7 +443,7 @@ def finish_sweep_run(callback: MlflowCallback, summary: Any) -> int:
 def selection_note(callback: MlflowCallback, selected: dict[str, str]) -> str:
     """The parent's description names each group's selected trial by its run name: the `selected_run.<group>`
     tags hold run ids, which say nothing to a reader scanning the run list."""
-    lines = ["", "", "**Selected by training-domain validation** (tags `selected_run.<group>`):"]
+    lines = ["**Selected by training-domain validation** (tags `selected_run.<group>`):"]
     for group, key in sorted(selected.items()):
         meta = callback.meta.get(key)
         name = trial_run_name(meta, key) if meta else key

@@ -70,14 +70,14 @@ def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_r
     summary = run_sweep(load_spec(source), stream=open(os.devnull, "w"))
     assert summary.mlflow_pending == 0 and summary.finished == 4
     experiment_id = MlflowClient(mlflow_server.uri).get_experiment_by_name("mirror").experiment_id
-    assert summary.mlflow_view == f"{mlflow_server.uri}/#/experiments/{experiment_id}/runs?viewStateShareKey=fishr-tune-trials"
+    assert summary.mlflow_view == f"{mlflow_server.uri}/#/experiments/{experiment_id}/runs?viewStateShareKey=fishr-tune-trials&workflowType=machine_learning"
     assert any(summary.mlflow_view in line for line in summary.lines())
     children = assert_mirrors_ray(mlflow_server.uri, "mirror", Path(summary.experiment_dir))
     client = MlflowClient(mlflow_server.uri)
     fishr = next(c for c in children if c.data.tags["algorithm"] == "Fishr")
     assert {"lambda", "ema", "lr"} <= set(fishr.data.params)
     assert fishr.data.tags["env2"] == "-90%" and fishr.data.tags["status"] == "finished"
-    assert fishr.info.run_name.startswith("Fishr te2 ts0 ")
+    assert fishr.info.run_name == f"Fishr te2 ts0 {fishr.data.tags['ray_trial_id']}"  # as the summary and analyze print it
     for child in children:  # one path for every trial, so MLflow's compare view shows the plots side by side
         assert [(a.path, a.is_dir) for a in client.list_artifacts(child.info.run_id)] == [("accuracy.png", False)]
         assert len(client.get_run(child.info.run_id).inputs.dataset_inputs) == 6  # 3 environments x (in, out)
