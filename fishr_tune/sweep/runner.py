@@ -93,7 +93,10 @@ class SweepSummary:
             )
         elif self.tracking_uri:
             out.append(f"MLflow: experiment {self.name!r} in {self.tracking_uri}")
-            if self.mlflow_view:
+            if self.mlflow_view.startswith("#"):  # a local store: the UI is `mlflow ui`'s (127.0.0.1:5000 by default)
+                out.append(f"  trials ranked by best_val_acc (its Views menu: {VIEW_NAME!r}): `mlflow ui --backend-store-uri "
+                           f"{self.tracking_uri}`, then http://127.0.0.1:5000/{self.mlflow_view}")
+            elif self.mlflow_view:
                 out.append(f"  trials ranked by best_val_acc (its Views menu: {VIEW_NAME!r}): {self.mlflow_view}")
         return out
 
