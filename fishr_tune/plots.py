@@ -59,10 +59,21 @@ CATEGORICAL, LOG, LINEAR = "categorical", "log", "linear"
 SELECTED_COLOR = "#d62728"
 
 
-def _percent(axis: Any, which: str) -> None:
-    from matplotlib.ticker import PercentFormatter
+def percent_decimals(locs: Sequence[float]) -> int:
+    """Decimals that accuracy ticks (fractions shown as %) need for their spacing: 9.8%, 9.9%, 10.0%.
+    matplotlib's PercentFormatter picks them from the axis range and printed 9.800%, 9.900% on a narrow one."""
+    steps = [abs(b - a) for a, b in zip(locs, locs[1:]) if b != a]
+    return max(0, math.ceil(-math.log10(min(steps) * 100) - 1e-9)) if steps else 0
 
-    (axis.xaxis if which == "x" else axis.yaxis).set_major_formatter(PercentFormatter(1.0, decimals=None))
+
+def _percent(axis: Any, which: str) -> None:
+    from matplotlib.ticker import Formatter
+
+    class PercentTicks(Formatter):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return f"{x * 100:.{percent_decimals(list(self.locs))}f}%"
+
+    (axis.xaxis if which == "x" else axis.yaxis).set_major_formatter(PercentTicks())
 
 
 def validation_vs_test(

@@ -372,6 +372,15 @@ def test_plots_are_written(tmp_path: Path) -> None:
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
 
 
+def test_accuracy_ticks_have_the_decimals_their_spacing_needs() -> None:
+    from fishr_tune.plots import percent_decimals
+
+    assert percent_decimals([0.05 * i for i in range(14, 20)]) == 0  # 70%, 75%, ...
+    assert percent_decimals([0.097, 0.098, 0.099, 0.100]) == 1  # 9.7%, 9.8%: not 9.700%
+    assert percent_decimals([0.848, 0.850, 0.852]) == 1 and percent_decimals([0.8481, 0.8482]) == 2
+    assert percent_decimals([0.5]) == 0
+
+
 def test_axis_kind_follows_the_search_distribution() -> None:
     from fishr_tune.plots import CATEGORICAL, LINEAR, LOG, axis_kind
 

@@ -45,8 +45,16 @@ DESCRIPTION_TAG = "mlflow.note.content"  # the run's (and the experiment's) desc
 # The experiment tag MLflow 3's UI reads to pick its default view; without it an experiment opens on GenAI traces.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
-# One artifact path shared by every trial, so MLflow's compare view shows the trials' plots side by side.
-ACCURACY_PLOT = "plots/accuracy.png"
+# One artifact path shared by every trial, so MLflow's compare view shows the trials' plots side by side. At the
+# root: that view (3.17) compares only the files of the root listing, and says "No common artifacts" for a folder.
+ACCURACY_PLOT = "accuracy.png"
+# MLflow 3.17 keeps the run list's columns, sort and filter per browser (localStorage): a new user sees Source, Models
+# and Dataset only. Its one experiment-side hook is a saved view, an experiment tag `mlflow.sharedViewState.<id>`
+# holding {name, createdAt, updatedAt, state: JSON string}, listed under *Views* and opened by
+# `#/experiments/<id>/runs?viewStateShareKey=<id>`. We save one per sweep: the trials, ranked by best_val_acc.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_ID = "fishr-tune-trials"
+VIEW_NAME = "Trials by best validation"
 SELECTED_RUN_TAG = "selected_run."  # + flat group name, on the parent: the run id training_domain selects
 # A digest of the trial's config (group, sample index, seed, hyperparameters): after a driver crash Tune may re-create
 # a trial it had not yet saved under a new id; the same digest lets the new trial continue the old trial's run.
@@ -72,8 +80,10 @@ def config_digest(config: dict[str, Any]) -> str:
 
 
 def trial_run_name(config: dict[str, Any], trial_id: str) -> str:
+    """The whole Ray trial id: the sweep's summary and `fishr-tune analyze` name trials by it, so a reader finds
+    their `Run` in MLflow's list as it is printed (a shortened id matched neither)."""
     envs = "-".join(str(e) for e in config["test_envs"])
-    return f"{config['algorithm']} te{envs} ts{config['trial_seed']} {trial_id[-5:]}"
+    return f"{config['algorithm']} te{envs} ts{config['trial_seed']} {trial_id}"
 
 
 def flat_name(group: str) -> str:
@@ -106,8 +116,9 @@ def space_kinds(spec: SweepSpec) -> dict[str, dict[str, str]]:
             for algorithm, space in spec.spaces.items()}
 
 
-def sweep_description(spec: SweepSpec) -> str:
-    """The experiment's description: the search space's own `description`, then what the sweep covers."""
+def sweep_description(spec: SweepSpec, outcome: str = "") -> str:
+    """The experiment's description: the search space's own `description`, then what the sweep covers. The parent
+    run's adds `outcome` (the selected trials) after the first, where MLflow's collapsed description still shows it."""
     settings = spec.settings
     scheduler = settings.scheduler
     stopping = (f"ASHA (grace period {scheduler.grace_period} steps, reduction factor {scheduler.reduction_factor:g})"
@@ -115,9 +126,36 @@ def sweep_description(spec: SweepSpec) -> str:
     text = (f"{settings.dataset}: {', '.join(settings.algorithms)}; test envs {settings.test_envs}; trial seeds "
             f"{settings.trial_seeds}; {settings.steps} steps, a checkpoint every {settings.checkpoint_freq}. "
             f"{settings.search.algorithm.upper()} search, {settings.search.num_samples} configurations per group, {stopping}. "
-            f"Search space: `{spec.source}`. Rank trials by `best_val_acc` (training-domain validation), never by a test "
-            f"environment's accuracy.")
-    return f"{settings.description.strip()}\n\n{text}" if settings.description else text
+            f"Search space: `{spec.source}`. Rank trials by `best_val_acc` (training-domain validation; *Views* → "
+            f"*{VIEW_NAME}*), never by a test environment's accuracy.")
+    return "\n\n".join(part for part in (settings.description and settings.description.strip(), outcome, text) if part)
+
+
+def trials_view(spec: SweepSpec, now_ms: int | None = None) -> str:
+    """The saved view's tag value: trial runs only (a flat list, the parent hidden), sorted by best_val_acc, with
+    the columns that answer "which configuration is best": validation, where it peaked, the searched hyperparameters."""
+    searched = sorted({name for space in spec.spaces.values() for name, value in space.items() if isinstance(value, Distribution)})
+    columns = ([f"metrics.`{name}`" for name in (BEST_VAL_ACC, BEST_VAL_STEP, records.VAL_ACC)]
+               + [f"params.`{name}`" for name in searched] + ["tags.`group`", "tags.`status`"])
+    state = {"searchFilter": "tags.`fishr_tune.kind` = 'trial'", "orderByKey": f"metrics.`{BEST_VAL_ACC}`",
+             "orderByAsc": False, "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL"}
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return json.dumps({"name": VIEW_NAME, "createdAt": now_ms, "updatedAt": now_ms, "state": json.dumps(state)})
+
+
+def view_url(tracking_uri: str, experiment_name: str) -> str:
+    """Where the saved view opens: a full URL for a tracking server, the UI's route otherwise ("" if unknown)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        experiment = MlflowClient(tracking_uri).get_experiment_by_name(experiment_name)
+    except Exception:  # noqa: BLE001  (a link is a convenience: never fail a finished sweep over it)
+        return ""
+    if experiment is None:
+        return ""
+    # workflowType: MLflow 3.17's UI otherwise keeps its GenAI navigation around the training-runs list
+    route = f"#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={VIEW_ID}&workflowType=machine_learning"
+    return f"{tracking_uri.rstrip('/')}/{route}" if tracking_uri.startswith(("http://", "https://")) else route
 
 
 class MlflowCallback(Callback):
@@ -199,7 +237,8 @@ class MlflowCallback(Callback):
             params.update({f"{section}.{k}": v for k, v in settings.get(section, {}).items()})
         params.update(self.resolved)
         description = sweep_description(self.spec)
-        self.journal.set_experiment_tags({EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, DESCRIPTION_TAG: description})
+        self.journal.set_experiment_tags({EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, DESCRIPTION_TAG: description,
+                                          f"{VIEW_TAG_PREFIX}{VIEW_ID}": trials_view(self.spec)})
         self.journal.start_run(SWEEP_KEY, self.spec.name, params=params,
                                tags={"fishr_tune.kind": "sweep", "dataset": self.spec.settings.dataset,
                                      DESCRIPTION_TAG: description, records.SPACE_TAG: json.dumps(space_kinds(self.spec)),
@@ -344,12 +383,11 @@ class MlflowCallback(Callback):
     def _close_run(self, key: str, config: dict[str, Any], points: list[dict[str, Any]], status: str,
                    mlflow_status: str) -> None:
         if points:
-            folder, name = ACCURACY_PLOT.rsplit("/", 1)
             plot = accuracy_curves(
                 points, list(config["test_envs"]), DATASET_ENVIRONMENTS.get(config["dataset"], ()),
-                f"{trial_run_name(config, key)} — {status}", self.journal.directory / "plots" / key / name,
+                f"{trial_run_name(config, key)} — {status}", self.journal.directory / "plots" / key / ACCURACY_PLOT,
             )
-            self.journal.log_artifact(key, plot, folder)
+            self.journal.log_artifact(key, plot)
         self.journal.set_tags(key, {"status": status, DESCRIPTION_TAG: trial_description(config, status, self.best.get(key))})
         self.journal.end_run(key, mlflow_status)
         self.ended.add(key)
@@ -396,10 +434,23 @@ def finish_sweep_run(callback: MlflowCallback, summary: Any) -> int:
     selected = selected_trials(callback)
     if selected:
         journal.set_run_refs(SWEEP_KEY, {f"{SELECTED_RUN_TAG}{flat_name(group)}": key for group, key in selected.items()})
+        journal.set_tags(SWEEP_KEY, {DESCRIPTION_TAG: sweep_description(callback.spec, selection_note(callback, selected))})
     journal.set_tags(SWEEP_KEY, {"status": "interrupted" if summary.unfinished else "finished"})
     if not summary.unfinished:
         journal.end_run(SWEEP_KEY, "FINISHED")
     return journal.flush(force=True)
+
+
+def selection_note(callback: MlflowCallback, selected: dict[str, str]) -> str:
+    """The parent's description names each group's selected trial by its run name: the `selected_run.<group>`
+    tags hold run ids, which say nothing to a reader scanning the run list."""
+    lines = ["**Selected by training-domain validation** (tags `selected_run.<group>`):"]
+    for group, key in sorted(selected.items()):
+        meta = callback.meta.get(key)
+        name = trial_run_name(meta, key) if meta else key
+        best = callback.best.get(key)
+        lines.append(f"- `{group}`: **{name}**" + (f", best_val_acc {best[0]:.4f} at step {best[1]}" if best else ""))
+    return "\n".join(lines)
 
 
 def selected_trials(callback: MlflowCallback) -> dict[str, str]:

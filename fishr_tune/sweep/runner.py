@@ -18,7 +18,7 @@ import yaml
 from fishr_tune import records
 from fishr_tune.errors import ConfigError
 from fishr_tune.sweep.preflight import check_before_ray, check_cluster_resources
-from fishr_tune.sweep.mlflow_callback import MlflowCallback, finish_sweep_run, open_journal
+from fishr_tune.sweep.mlflow_callback import VIEW_NAME, MlflowCallback, finish_sweep_run, open_journal, view_url
 from fishr_tune.sweep.mlflow_inputs import split_entities
 from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY, make_search
 from fishr_tune.sweep.spec import SweepSpec
@@ -63,6 +63,7 @@ class SweepSummary:
     mlflow_journal: str = ""
     mlflow_pending: int = 0
     mlflow_error: str | None = None
+    mlflow_view: str = ""  # the saved view of the trials ranked by best_val_acc (mlflow_callback.trials_view)
 
     @property
     def interrupted(self) -> bool:
@@ -92,6 +93,11 @@ class SweepSummary:
             )
         elif self.tracking_uri:
             out.append(f"MLflow: experiment {self.name!r} in {self.tracking_uri}")
+            if self.mlflow_view.startswith("#"):  # a local store: the UI is `mlflow ui`'s (127.0.0.1:5000 by default)
+                out.append(f"  trials ranked by best_val_acc (its Views menu: {VIEW_NAME!r}): `mlflow ui --backend-store-uri "
+                           f"{self.tracking_uri}`, then http://127.0.0.1:5000/{self.mlflow_view}")
+            elif self.mlflow_view:
+                out.append(f"  trials ranked by best_val_acc (its Views menu: {VIEW_NAME!r}): {self.mlflow_view}")
         return out
 
 
@@ -507,6 +513,8 @@ def run_sweep(
         summary.mlflow_error = journal.last_error
         summary.mlflow_journal = str(journal.directory)
         summary.tracking_uri = journal.tracking_uri
+        if not summary.mlflow_pending:
+            summary.mlflow_view = view_url(journal.tracking_uri, spec.name)
         location.write_text(SUMMARY_FILE, summary.to_json() + "\n")  # once, complete
         return summary
     finally:

@@ -25,7 +25,7 @@ from fishr_tune.cli import main
 from fishr_tune.data import get_dataset
 from fishr_tune.sweep.mlflow_callback import (
     ACCURACY_PLOT, BEST_VAL_ACC, BEST_VAL_STEP, DESCRIPTION_TAG, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowCallback,
-    SELECTED_RUN_TAG, finish_sweep_run,
+    SELECTED_RUN_TAG, VIEW_ID, VIEW_NAME, VIEW_TAG_PREFIX, finish_sweep_run,
 )
 from fishr_tune.sweep.mlflow_inputs import split_entities
 from fishr_tune.sweep.runner import GroupCounts, SweepSummary
@@ -153,8 +153,8 @@ def test_source_tags_and_shared_plot_path(recorded_sweep) -> None:
         assert run.data.tags["mlflow.source.git.commit"] == commit
         assert run.data.tags["mlflow.source.name"]
     for trial_id in ("full0001", "cut00002"):
-        folder = client.list_artifacts(runs[trial_id].info.run_id, "plots")
-        assert [a.path for a in folder] == [ACCURACY_PLOT]
+        root = client.list_artifacts(runs[trial_id].info.run_id)  # Compare matches only the root's files
+        assert [a.path for a in root if not a.is_dir] == [ACCURACY_PLOT] == ["accuracy.png"]
 
 
 def test_the_parent_names_each_group_selection_with_flat_metrics_and_real_settings(recorded_sweep) -> None:
@@ -167,6 +167,12 @@ def test_the_parent_names_each_group_selection_with_flat_metrics_and_real_settin
             for name, trial in (("full", "full0001"), ("cut", "cut00002"))]
     expected = max(best)[1]
     assert parent.data.tags[f"{SELECTED_RUN_TAG}ERM_te2_ts0"] == runs[expected].info.run_id
+    # ... and its description names the selected trial as the run list shows it, with its best validation
+    top = max(best)[0]
+    description = parent.data.tags[DESCRIPTION_TAG]
+    assert f"- `ERM/te2/ts0`: **{runs[expected].info.run_name}**, best_val_acc {top:.4f}" in description
+    # right after the question, where MLflow's collapsed description still shows it
+    assert description.index("Does ERM's") < description.index("**Selected by") < description.index("TPE search")
     assert parent.data.params["label_noise"] == "0.25"
     assert parent.data.params["storage_path"] == str(recorded_sweep["root"])
     assert parent.data.params["tracking_uri"] == recorded_sweep["uri"]
@@ -178,6 +184,45 @@ def test_the_experiment_opens_on_training_runs_with_its_description(recorded_swe
     assert tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
     assert tags[DESCRIPTION_TAG].startswith("Does ERM's validation track its test accuracy?")
     assert "TPE search, 2 configurations per group" in tags[DESCRIPTION_TAG]
+
+
+def test_the_experiment_has_a_saved_view_of_the_trials_ranked_by_best_validation(recorded_sweep) -> None:
+    """MLflow keeps the run list's columns per browser; the saved view (under *Views*) is the experiment's own."""
+    client, experiment = recorded_sweep["client"], recorded_sweep["experiment"]
+    envelope = json.loads(experiment.tags[f"{VIEW_TAG_PREFIX}{VIEW_ID}"])
+    assert envelope["name"] == VIEW_NAME and isinstance(envelope["createdAt"], int)
+    state = json.loads(envelope["state"])  # MLflow's UI parses the state from a JSON string
+    assert state["selectedColumns"][:3] == ["metrics.`best_val_acc`", "metrics.`best_val_step`", "metrics.`val_acc`"]
+    assert {"params.`lr`", "params.`batch_size`"} <= set(state["selectedColumns"])
+    assert "params.`hidden_dim`" not in state["selectedColumns"]  # fixed in the space, not searched
+    # the view's filter and sort are valid MLflow search syntax and give the trials, best validation first
+    key = state["orderByKey"].split("`")[1]
+    assert state["orderByKey"] == f"metrics.`{key}`" and key == BEST_VAL_ACC and state["orderByAsc"] is False
+    found = client.search_runs([experiment.experiment_id], state["searchFilter"], order_by=[f"metrics.{key} DESC"])
+    trials = [r for r in recorded_sweep["runs"].values() if r.data.tags.get("fishr_tune.kind") == "trial"]
+    assert sorted(r.info.run_id for r in found) == sorted(r.info.run_id for r in trials) and len(found) == 2
+    values = [r.data.metrics[BEST_VAL_ACC] for r in found]
+    assert values == sorted(values, reverse=True)
+
+
+def test_the_quickstart_files_description_reaches_its_experiment(mlflow_server, tmp_path) -> None:
+    """The shipped file, as `fishr-tune sweep` loads it: its own words open the experiment's description."""
+    from fishr_tune.sweep.spec import load_spec
+
+    source = Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml"
+    spec = load_spec(source)
+    spec = build_spec({**spec.settings.model_dump(mode="json"), "name": "qs-description", "tracking_uri": mlflow_server.uri,
+                       "storage_path": str(tmp_path)}, str(source))
+    callback = MlflowCallback(spec, MlflowJournal(tmp_path / "journal", mlflow_server.uri, "qs-description"))
+    callback.start_sweep_run()
+    assert callback.journal.flush(force=True) == 0
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("qs-description")
+    description = experiment.tags[DESCRIPTION_TAG]
+    assert description.startswith(load_spec(source).settings.description + "\n\n")
+    assert "ColoredMNIST-IRM: ERM, Fishr" in description  # then what the sweep covers, from the same file
+    parent = client.search_runs([experiment.experiment_id])[0]
+    assert parent.data.tags[DESCRIPTION_TAG] == description and "description" not in parent.data.params
 
 
 def test_analyze_logs_the_selected_checkpoint_as_a_loadable_model(recorded_sweep) -> None:

@@ -69,14 +69,17 @@ def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_r
     source.write_text(yaml.safe_dump({**tiny_sweep, "name": "mirror", "tracking_uri": mlflow_server.uri}, sort_keys=False))
     summary = run_sweep(load_spec(source), stream=open(os.devnull, "w"))
     assert summary.mlflow_pending == 0 and summary.finished == 4
+    experiment_id = MlflowClient(mlflow_server.uri).get_experiment_by_name("mirror").experiment_id
+    assert summary.mlflow_view == f"{mlflow_server.uri}/#/experiments/{experiment_id}/runs?viewStateShareKey=fishr-tune-trials&workflowType=machine_learning"
+    assert any(summary.mlflow_view in line for line in summary.lines())
     children = assert_mirrors_ray(mlflow_server.uri, "mirror", Path(summary.experiment_dir))
     client = MlflowClient(mlflow_server.uri)
     fishr = next(c for c in children if c.data.tags["algorithm"] == "Fishr")
     assert {"lambda", "ema", "lr"} <= set(fishr.data.params)
     assert fishr.data.tags["env2"] == "-90%" and fishr.data.tags["status"] == "finished"
-    assert fishr.info.run_name.startswith("Fishr te2 ts0 ")
+    assert fishr.info.run_name == f"Fishr te2 ts0 {fishr.data.tags['ray_trial_id']}"  # as the summary and analyze print it
     for child in children:  # one path for every trial, so MLflow's compare view shows the plots side by side
-        assert [a.path for a in client.list_artifacts(child.info.run_id, "plots")] == ["plots/accuracy.png"]
+        assert [(a.path, a.is_dir) for a in client.list_artifacts(child.info.run_id)] == [("accuracy.png", False)]
         assert len(client.get_run(child.info.run_id).inputs.dataset_inputs) == 6  # 3 environments x (in, out)
     # the training losses at every checkpoint: nll for every algorithm, the penalty for Fishr (ERM has none)
     checkpoints = [0, 40, 80, 119]
@@ -100,6 +103,32 @@ def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_r
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["mirror.yaml"]
     downloaded = client.download_artifacts(parent.info.run_id, "mirror.yaml", str(tmp_path / "downloaded"))
     assert Path(downloaded).read_text() == source.read_text()
+
+
+@pytest.mark.parametrize("system_metrics", [True, False], ids=["asked", "not-asked"])
+def test_system_metrics_reach_every_trial_run_only_when_asked(local_ray, mlflow_server, tiny_sweep, system_metrics) -> None:
+    """`system_metrics: true` gives every trial run MLflow's `system/...` metrics at each checkpoint; without it, none."""
+    import psutil
+
+    name = f"system-{'on' if system_metrics else 'off'}"
+    values = {**tiny_sweep, "algorithms": ["ERM"], "per_algorithm": {}, "steps": 80, "system_metrics": system_metrics}
+    summary = run_sweep(sweep_spec(values, name, mlflow_server.uri), stream=open(os.devnull, "w"))
+    assert summary.finished == 2 and summary.mlflow_pending == 0
+    client = MlflowClient(mlflow_server.uri)
+    _, children = mlflow_runs(mlflow_server.uri, name)
+    assert len(children) == 2
+    for child in children:
+        system = sorted(k for k in child.data.metrics if k.startswith("system/"))
+        if not system_metrics:
+            assert system == []
+            continue
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(system)
+        checkpoints = sorted(m.step for m in client.get_metric_history(child.info.run_id, records.VAL_ACC))
+        for key, upper in (("system/cpu_utilization_percentage", 100.0),
+                           ("system/system_memory_usage_megabytes", psutil.virtual_memory().total / 1e6)):
+            history = client.get_metric_history(child.info.run_id, key)
+            assert sorted(m.step for m in history) == checkpoints  # one sample average per record, at its step
+            assert all(0.0 <= m.value <= upper for m in history)
 
 
 def journal_pending(journal_dir: Path) -> int:

@@ -660,3 +660,20 @@ def test_progress_display_on_a_terminal_is_a_table() -> None:
     # Tune pickles its callbacks with the experiment: the copy keeps the settings and writes to stdout
     restored = cloudpickle.loads(cloudpickle.dumps(progress))
     assert (restored.spec.name, restored.interval_s, restored.stream, restored.live) == ("progress", 5.0, sys.stdout, None)
+
+
+def test_the_summary_points_to_the_saved_view_of_the_trials(tmp_path) -> None:
+    """A local store has no server to link to: the line says how to start `mlflow ui` and where to open."""
+    from fishr_tune.sweep.mlflow_callback import VIEW_ID, view_url
+    from fishr_tune.sweep.runner import SweepSummary
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = MlflowClient(uri).create_experiment("viewed")
+    route = view_url(uri, "viewed")
+    assert route == f"#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_ID}&workflowType=machine_learning"
+    assert view_url(uri, "never-ran") == ""
+    summary = SweepSummary(name="viewed", experiment_dir=str(tmp_path), trials=1, finished=1, stopped_early=0, failed=0,
+                           unfinished=0, steps_trained=10, steps_without_early_stopping=10, trial_compute_s=1.0,
+                           wall_time_s=1.0, tracking_uri=uri, mlflow_view=route)
+    last = summary.lines()[-1]
+    assert f"`mlflow ui --backend-store-uri {uri}`" in last and last.endswith(f"http://127.0.0.1:5000/{route}")
