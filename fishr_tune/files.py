@@ -8,6 +8,32 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def check_can_create(path: str | os.PathLike[str], where: str, directory: bool = False) -> None:
+    """Before any work: `path` must be creatable (or replaceable) as a file, or as a directory with `directory`.
+
+    The nearest existing ancestor has to be a writable directory; a file standing where a folder must go
+    (`out.txt/run`) or a folder where the file must go is refused. Raises `ConfigError` naming `where`.
+    """
+    from fishr_tune.errors import ConfigError
+
+    path = Path(path).expanduser()
+    if path.exists():
+        if directory and not path.is_dir():
+            raise ConfigError(f"{where}: {path} is a file, not a directory")
+        if not directory and path.is_dir():
+            raise ConfigError(f"{where}: {path} is a directory, not a file")
+        if not os.access(path if directory else path.parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{where}: {path} is not writable")
+        return
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{where}: cannot create {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: cannot create {path}: {ancestor} is not writable")
+
+
 def fsync_directory(directory: str | os.PathLike[str]) -> None:
     """A rename is only durable once the directory entry is on disk."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

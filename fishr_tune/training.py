@@ -69,15 +69,15 @@ class TrainConfig(BaseModel):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
 
-    def resolved_hparams(self) -> dict[str, Any]:
+    def resolved_hparams(self, where: str = "--hparams") -> dict[str, Any]:
         base = hparams_for_trial(self.algorithm, self.dataset, self.hparams_seed, self.trial_seed)
-        return apply_overrides(self.algorithm, self.dataset, base, self.hparams)
+        return apply_overrides(self.algorithm, self.dataset, base, self.hparams, where=where)
 
-    def check(self) -> None:
-        """Every name and range, before any data is loaded."""
+    def check(self, hparams_where: str = "--hparams") -> None:
+        """Every name and range, before any data is loaded; `hparams_where` says where the overrides came from."""
         get_algorithm_class(self.algorithm)
         check_test_envs(self.dataset, self.test_envs)
-        self.resolved_hparams()
+        self.resolved_hparams(hparams_where)
 
     def default_output_dir(self) -> str:
         envs = "-".join(str(e) for e in self.test_envs)
@@ -107,12 +107,12 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def make_config(values: Mapping[str, Any], where: str) -> TrainConfig:
+def make_config(values: Mapping[str, Any], where: str, hparams_where: str = "--hparams") -> TrainConfig:
     try:
         config = TrainConfig(**values)
     except ValidationError as error:
         raise format_validation_error(error, where) from None
-    config.check()
+    config.check(hparams_where)
     return config
 
 
@@ -465,7 +465,10 @@ def run_training(
 ) -> list[dict[str, Any]]:
     """Train with records and checkpoints in the output directory; returns every record of the run."""
     output_dir = Path(config.output_dir or config.default_output_dir())
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where a folder must go, a read-only disk: one line, not a traceback
+        raise ConfigError(f"output_dir (--output-dir): cannot create {output_dir} ({error.strerror or error})") from None
     kept = prepare_output_dir(config, output_dir, resume)
     checkpoint = output_dir / CHECKPOINT_FILE
     results = output_dir / records.RESULTS_FILE
