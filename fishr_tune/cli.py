@@ -79,19 +79,20 @@ def train(config_file: str | None, hparams_json: str | None, test_envs: str | No
     values: dict[str, Any] = load_config_file(config_file) if config_file else {}
     where = config_file or "command line"
     file_where = f"{config_file}: key 'hparams'"
+    given = {k for k, v in flags.items() if v is not None} | ({"test_envs"} if test_envs is not None else set())
     if test_envs is not None:
         values["test_envs"] = parse_env_list(test_envs)
     values.update({k: v for k, v in flags.items() if v is not None})
     flag_hparams = parse_hparams_json(hparams_json) if hparams_json is not None else None
     file_hparams = values.get("hparams")
     if flag_hparams is None:
-        config = make_config(values, where, hparams_where=file_where if file_hparams else "--hparams")
+        config = make_config(values, where, hparams_where=file_where if file_hparams else "--hparams", flags=given)
     else:
         if file_hparams is not None:  # the file's own values first, so an error names the file (and `hparams: 5` its key)
             kept = {k: v for k, v in file_hparams.items() if k not in flag_hparams} if isinstance(file_hparams, dict) else file_hparams
-            make_config({**values, "hparams": kept}, where, hparams_where=file_where)
+            make_config({**values, "hparams": kept}, where, hparams_where=file_where, flags=given)
         values["hparams"] = {**(file_hparams or {}), **flag_hparams}
-        config = make_config(values, where)
+        config = make_config(values, where, flags=given)
     printer = RecordPrinter()
 
     def on_dataset(dataset: Any) -> None:
