@@ -8,6 +8,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+PATH_MAX = 4096  # characters in a whole path
+
+
+def path_problem(text: str) -> str | None:
+    """Why `text` can never be a path here (os calls on it raise ENAMETOOLONG), or None."""
+    if len(text) > PATH_MAX:
+        return f"{len(text):,} characters is longer than a path can be ({PATH_MAX:,})"
+    longest = max((len(part.encode("utf-8", "surrogatepass")) for part in text.split("/")), default=0)
+    if longest > NAME_MAX:
+        return f"it holds a name of {longest:,} bytes, longer than a file name can be ({NAME_MAX})"
+    return None
+
+
 def check_can_create(path: str | os.PathLike[str], where: str, directory: bool = False) -> None:
     """Before any work: `path` must be creatable (or replaceable) as a file, or as a directory with `directory`.
 
@@ -16,6 +30,9 @@ def check_can_create(path: str | os.PathLike[str], where: str, directory: bool =
     """
     from fishr_tune.errors import ConfigError
 
+    problem = path_problem(str(path))
+    if problem:
+        raise ConfigError(f"{where}: not a usable path: {problem}")
     path = Path(path).expanduser()
     if path.exists():
         if directory and not path.is_dir():

@@ -90,7 +90,8 @@ class Domain:
     own distribution must all lie inside (lr 0 trains nothing, batch_size 0 or 1e12 crashes, ema 5 diverges).
 
     A number's domain is an interval (finite values only); a switch's or a name's is the closed set `values`
-    (compared with their type, so ``1`` is not ``True``); `text` admits any non-empty line (a weights file path).
+    (compared with their type, so ``1`` is not ``True``); `text` admits a name or path (a weights file): one
+    non-empty line that the OS can take as a path.
     """
 
     low: float = -math.inf
@@ -104,7 +105,10 @@ class Domain:
         if self.values:
             return any(type(value) is type(v) and value == v for v in self.values)
         if self.text:
-            return isinstance(value, str) and value.strip() != "" and not any(c in value for c in "\0\n\r")
+            from fishr_tune.files import path_problem
+
+            return (isinstance(value, str) and value.strip() != "" and not any(c in value for c in "\0\n\r")
+                    and path_problem(value) is None)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False
         above = value > self.low if self.low_open else value >= self.low
@@ -115,7 +119,7 @@ class Domain:
         if self.values:
             return f"one of {list(self.values)}"
         if self.text:
-            return "a non-empty line of text"
+            return "a non-empty line usable as a path (names of at most 255 bytes)"
         low = f"{'>' if self.low_open else '>='} {self.low:g}" if self.low > -math.inf else ""
         high = f"{'<' if self.high_open else '<='} {self.high:g}" if self.high < math.inf else ""
         return " and ".join(p for p in (low, high) if p) or "a finite number"

@@ -63,6 +63,16 @@ class TrainConfig(BaseModel):
         None, ge=0, description="image datasets: DataLoader worker processes (default: the CPUs available less one, at most 8)"
     )
 
+    @field_validator("data_dir", "output_dir")
+    @classmethod
+    def _usable_path(cls, value: str | None) -> str | None:
+        from fishr_tune.files import path_problem
+
+        problem = path_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(f"not a usable path: {problem}")
+        return value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:

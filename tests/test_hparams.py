@@ -128,6 +128,6 @@ def test_values_outside_algorithm_domains_are_refused_naming_the_key(algorithm: 
 def test_the_weights_path_domain_is_any_non_empty_line() -> None:
     base = default_hparams("ERM", "PACS")
     assert apply_overrides("ERM", "PACS", base, {"resnet_weights": "/models/r50.pt"})["resnet_weights"] == "/models/r50.pt"
-    for bad in ("", "   ", "a\nb"):
-        with pytest.raises(ConfigError, match="'resnet_weights' must be a non-empty line"):
+    for bad in ("", "   ", "a\nb", "w" * 256, "/m/" * 2000):
+        with pytest.raises(ConfigError, match="'resnet_weights' must be a non-empty line usable as a path"):
             apply_overrides("ERM", "PACS", base, {"resnet_weights": bad})

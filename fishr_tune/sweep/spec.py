@@ -123,7 +123,7 @@ class SweepFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf passes gt=0 (cpu, reduction_factor)
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=128)  # a directory and an MLflow experiment name
     description: str | None = Field(None, description="shown as the MLflow experiment's description")
     dataset: str
     algorithms: list[str] = Field(min_length=1)
@@ -149,6 +149,16 @@ class SweepFile(BaseModel):
     def _directory_name(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
             raise ValueError("must be a directory name: letters, digits, '_', '-', '.'")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _usable_path(cls, value: str | None) -> str | None:
+        from fishr_tune.files import path_problem
+
+        problem = path_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(f"not a usable path: {problem}")
         return value
 
     @field_validator("trial_seeds")
