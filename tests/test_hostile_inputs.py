@@ -270,6 +270,12 @@ def _(tmp: Path):
     return ["sweep", str(tmp / "s.yaml")], [str(tmp / "s.yaml"), "'search.seed'"]
 
 
+@case("sweep: scheduler.brackets 1000000 (a float power that overflowed)")
+def _(tmp: Path):
+    write_yaml(tmp / "s.yaml", tiny_sweep(tmp, scheduler__brackets=1_000_000))
+    return ["sweep", str(tmp / "s.yaml")], [str(tmp / "s.yaml"), "'scheduler.brackets'", "step inf"]
+
+
 @case("sweep: resources.cpu 1000 on a local Ray")
 def _(tmp: Path):
     write_yaml(tmp / "s.yaml", tiny_sweep(tmp, resources={"cpu": 1000}))

@@ -76,6 +76,8 @@ def sweep_base(path: Path, scratch: Path) -> dict[str, Any]:
     """A shipped search space, made to pass here: one CPU and no GPU per trial, storage under `scratch`."""
     values = load_yaml(path)
     values["resources"] = {"cpu": 1, "gpu": 0}
+    if isinstance(values.get("scheduler"), dict) and values["scheduler"].get("type", "asha") == "asha":
+        values["scheduler"].setdefault("brackets", 1)  # the default, written out so that it is mutated too
     values["storage_path"] = str(scratch / "sweeps")
     values["tracking_uri"] = f"sqlite:///{scratch / 'mlflow.db'}"
     return values
@@ -225,7 +227,7 @@ SWEEP_RANGES: dict[str, list[Any]] = {
     "steps": [0, -5, 10**9 + 1, 10**30], "checkpoint_freq": [0, -1, 10**12], "holdout_fraction": [0, 1, -0.5, 1.5, 1e300],
     "label_noise": [-0.01, 1.01, 1e300], "search.num_samples": [0, -1], "search.seed": [-1, 2**18, 429_197, 10**20],
     "scheduler.grace_period": [0, -1, 10**12], "scheduler.reduction_factor": [1, 0.5, 0, -2],
-    "scheduler.brackets": [0, -1, 10**6], "resources.cpu": [0, -1, 10**6], "resources.gpu": [-1, 1.5, 10**6],
+    "scheduler.brackets": [0, -1, 10**6, 10**30], "resources.cpu": [0, -1, 10**6], "resources.gpu": [-1, 1.5, 10**6],
     "max_failures": [-1], "trial_seeds": [-1, 2**32, 10**30], "test_envs": [-1, 99],
 }
 TRAIN_RANGES: dict[str, list[Any]] = {

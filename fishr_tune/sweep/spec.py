@@ -336,7 +336,10 @@ def build_spec(values: Any, source: str, flag_names: set[str] | None = None) -> 
             f"{source}: key 'scheduler.grace_period': must be below steps ({settings.steps}), got {settings.scheduler.grace_period}"
         )
     scheduler = settings.scheduler
-    last_start = scheduler.grace_period * scheduler.reduction_factor ** (scheduler.brackets - 1)
+    try:
+        last_start = scheduler.grace_period * scheduler.reduction_factor ** (scheduler.brackets - 1)
+    except OverflowError:  # brackets: 1000000 (a float power past 1e308 raises instead of giving inf)
+        last_start = math.inf
     if scheduler.type == "asha" and last_start >= settings.steps:
         raise ConfigError(
             f"{source}: key 'scheduler.brackets': bracket {scheduler.brackets - 1} would first stop trials at step "
