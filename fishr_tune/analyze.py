@@ -75,7 +75,11 @@ def from_ray_results(root: Path) -> pd.DataFrame:
 
 
 def from_parquet(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path)
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError; a garbage file lands here
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"--records: {path} is not a readable parquet file ({reason})") from None
 
 
 def gather_files(path: str | Path) -> pd.DataFrame:
@@ -130,8 +134,21 @@ class MlflowSweep:
 def _check_store(tracking_uri: str) -> None:
     """A sqlite URI naming no file would make MLflow create an empty store: refuse instead."""
     prefix = "sqlite:///"
-    if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix):]).exists():
-        raise ConfigError(f"--tracking-uri: no MLflow store at {tracking_uri[len(prefix):]} (pass --tracking-uri or --records)")
+    if not tracking_uri.startswith(prefix):
+        return
+    path = Path(tracking_uri[len(prefix):])
+    if not path.exists():
+        raise ConfigError(f"--tracking-uri: no MLflow store at {path} (pass --tracking-uri or --records)")
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as error:
+        raise ConfigError(f"--tracking-uri: cannot read {path} ({error.strerror or error})") from None
+    if header and header != SQLITE_HEADER:  # an empty file is a new, empty SQLite database
+        raise ConfigError(f"--tracking-uri: {path} is not an SQLite database (so not an MLflow store)")
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _all_runs(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
@@ -447,17 +464,15 @@ def write_best_configs(bests: Sequence[BestConfig], path: str | Path) -> list[Pa
     path = Path(path)
     if not bests:
         raise ConfigError("--best-config: no group was selected, so there is no configuration to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if len(bests) == 1:
-        path.write_text(bests[0].yaml_text(), encoding="utf-8")
-        return [path]
     with_dataset = len({best.dataset for best in bests}) > 1
-    written = []
-    for best in bests:
-        target = path.parent / best.file_name(with_dataset)
-        target.write_text(best.yaml_text(), encoding="utf-8")
-        written.append(target)
-    return written
+    targets = [path] if len(bests) == 1 else [path.parent / best.file_name(with_dataset) for best in bests]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for best, target in zip(bests, targets):
+            target.write_text(best.yaml_text(), encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"--best-config: cannot write {error.filename or path} ({error.strerror or error})") from None
+    return targets
 
 
 # --- plots -------------------------------------------------------------------------------------------------------

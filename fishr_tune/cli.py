@@ -78,12 +78,21 @@ def train(config_file: str | None, hparams_json: str | None, test_envs: str | No
 
     values: dict[str, Any] = load_config_file(config_file) if config_file else {}
     where = config_file or "command line"
+    file_where = f"{config_file}: key 'hparams'"
+    given = {k for k, v in flags.items() if v is not None} | ({"test_envs"} if test_envs is not None else set())
     if test_envs is not None:
         values["test_envs"] = parse_env_list(test_envs)
-    if hparams_json is not None:
-        values["hparams"] = {**values.get("hparams", {}), **parse_hparams_json(hparams_json)}
     values.update({k: v for k, v in flags.items() if v is not None})
-    config = make_config(values, where)
+    flag_hparams = parse_hparams_json(hparams_json) if hparams_json is not None else None
+    file_hparams = values.get("hparams")
+    if flag_hparams is None:
+        config = make_config(values, where, hparams_where=file_where if file_hparams else "--hparams", flags=given)
+    else:
+        if file_hparams is not None:  # the file's own values first, so an error names the file (and `hparams: 5` its key)
+            kept = {k: v for k, v in file_hparams.items() if k not in flag_hparams} if isinstance(file_hparams, dict) else file_hparams
+            make_config({**values, "hparams": kept}, where, hparams_where=file_where, flags=given)
+        values["hparams"] = {**(file_hparams or {}), **flag_hparams}
+        config = make_config(values, where, flags=given)
     printer = RecordPrinter()
 
     def on_dataset(dataset: Any) -> None:
@@ -194,6 +203,10 @@ def reproduce_colored_mnist_irm(algorithms: str, restarts: int, data_dir: str | 
     from fishr_tune import reproduce as rep
 
     names = rep.parse_algorithms(algorithms)
+    if output_file:
+        from fishr_tune.files import check_can_create
+
+        check_can_create(output_file, "--output")
     config = rep.ScriptConfig(steps=steps, label_noise=label_noise,
                               inconsistency_epsilon=epsilon if with_inconsistency else None)
     config.check()
@@ -305,10 +318,18 @@ def data_download(name: str, data_dir: str, keep_archives: bool) -> None:
 @click.option("--dataset", "names", multiple=True, help="Check only this dataset (repeatable). Default: all five.")
 @exits_2_on_bad_input
 def data_check(data_dir: str, names: tuple[str, ...]) -> None:
-    """Which image datasets are present and complete: environments, classes and images against DomainBed's counts."""
+    """Which image datasets are present and complete: environments, classes and images against DomainBed's counts.
+
+    Exits 2 when a dataset's folder is invalid (it would not load), or a dataset named with --dataset is missing,
+    so a script can gate on it; incomplete or differing datasets still load and exit 0.
+    """
     from fishr_tune.data.download import check_data_dir
 
-    print_data_reports(check_data_dir(data_dir, list(names) or None))
+    reports = check_data_dir(data_dir, list(names) or None)
+    print_data_reports(reports)
+    unusable = [r for r in reports if r.status == "invalid" or (r.status == "missing" and r.name in names)]
+    if unusable:
+        raise ConfigError("; ".join(f"{r.name}: {r.status} ({r.folder})" for r in unusable))
 
 
 def print_data_reports(reports: list[Any]) -> None:
@@ -433,6 +454,11 @@ def analyze(experiment: str | None, tracking_uri: str, records_path: str | None,
         raise ConfigError("give exactly one source: --experiment NAME (MLflow) or --records PATH")
     if log_model and experiment is None:
         raise ConfigError("--log-model: needs --experiment (the models go to the sweep's MLflow trial runs)")
+    from fishr_tune.files import check_can_create
+
+    for flag, target, is_dir in (("--best-config", best_config, False), ("--export", export_path, False), ("--plots", plots_dir, True)):
+        if target:
+            check_can_create(target, flag, directory=is_dir)
     methods = (selection_name,) if selection_name else SELECTION_METHODS
     if (best_config or log_model) and len(methods) != 1:
         methods_for_best = "training_domain"

@@ -86,23 +86,47 @@ def choice(*options: Any) -> Dist:
 
 @dataclass(frozen=True)
 class Domain:
-    """The values a number may take at all: an override, a sweep's fixed value or range, and the registry's own
-    distribution must all lie inside (lr 0 trains nothing, batch_size 0 or 1e12 crashes, ema 5 diverges)."""
+    """The values a hyperparameter may take at all: an override, a sweep's fixed value or range, and the registry's
+    own distribution must all lie inside (lr 0 trains nothing, batch_size 0 or 1e12 crashes, ema 5 diverges).
+
+    A number's domain is an interval (finite values only); a switch's or a name's is the closed set `values`
+    (compared with their type, so ``1`` is not ``True``); `text` admits a name or path (a weights file): one
+    non-empty line that the OS can take as a path.
+    """
 
     low: float = -math.inf
     high: float = math.inf
     low_open: bool = False
     high_open: bool = False
+    values: tuple[Any, ...] = ()
+    text: bool = False
 
-    def __contains__(self, value: float) -> bool:
+    def __contains__(self, value: Any) -> bool:
+        if self.values:
+            return any(type(value) is type(v) and value == v for v in self.values)
+        if self.text:
+            from fishr_tune.files import path_problem
+
+            return (isinstance(value, str) and value.strip() != "" and not any(c in value for c in "\0\n\r")
+                    and path_problem(value) is None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
         return above and below
 
     def describe(self) -> str:
+        if self.values:
+            return f"one of {list(self.values)}"
+        if self.text:
+            return "a non-empty line usable as a path (names of at most 255 bytes)"
         low = f"{'>' if self.low_open else '>='} {self.low:g}" if self.low > -math.inf else ""
         high = f"{'<' if self.high_open else '<='} {self.high:g}" if self.high < math.inf else ""
-        return " and ".join(p for p in (low, high) if p) or "any number"
+        return " and ".join(p for p in (low, high) if p) or "a finite number"
+
+
+def one_of(*values: Any) -> Domain:
+    return Domain(values=tuple(values))
 
 
 POSITIVE = Domain(0.0, low_open=True)
@@ -118,6 +142,8 @@ def at_least(low: float, high: float = math.inf) -> Domain:
 BATCH_SIZE = at_least(1, 65536)  # per domain; beyond this no accelerator holds the batch
 WIDTH = at_least(1, 65536)  # layer widths
 STEPS = at_least(0, 10**9)  # step counts (anneal iterations)
+SWITCH = one_of(False, True)
+TEXT = Domain(text=True)
 
 
 @dataclass(frozen=True)
@@ -125,8 +151,7 @@ class HParam:
     default: Any
     dist: Dist = field(default_factory=fixed)
     doc: str = ""
-    valid: tuple[Any, ...] = ()  # accepted values when they are a closed set (checked on overrides, never sampled)
-    domain: Domain | None = None  # every number has one; the default and the distribution lie inside it
+    domain: Domain | None = None  # every entry has one (tests/test_hparams.py); the default and the distribution lie inside
 
     def __post_init__(self) -> None:
         if self.domain is None:
@@ -137,7 +162,7 @@ class HParam:
             raise RuntimeError(f"registry: {self.dist.describe()} (default {self.default}) leaves {self.domain.describe()}")
 
     def check_domain(self, name: str, value: Any, where: str) -> None:
-        if self.domain is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value not in self.domain:
+        if self.domain is not None and value not in self.domain:
             raise ConfigError(f"{where}: hyperparameter {quote(name)} must be {self.domain.describe()}, got {quote(value)}")
 
 
@@ -162,28 +187,32 @@ AMP_MODES = ("off", "bf16")
 def image_hparams() -> dict[str, HParam]:
     """Settings of the image datasets' input pipeline and ResNet (DomainBed's data_augmentation plus ours)."""
     return {
-        "data_augmentation": HParam(True, fixed(), "DomainBed's training augmentation (random crop, flip, colour jitter, gray)"),
+        "data_augmentation": HParam(True, fixed(), "DomainBed's training augmentation (random crop, flip, colour jitter, gray)",
+                                    domain=SWITCH),
         "image_size": HParam(224, fixed(), "side of the square network input (DomainBed: 224; smaller for CPU tests)",
                              domain=at_least(32, 4096)),
         "resnet_weights": HParam(
             "auto", fixed(),
             "ImageNet weights: auto (torch hub cache, else random init with a warning), imagenet (cache, required), "
-            "none (random init), or a path to a torchvision state_dict file",
+            "none (random init), or a path to a torchvision state_dict file", domain=TEXT,
         ),
-        "freeze_bn": HParam(True, fixed(), "BatchNorm in eval mode while training (Fishr's DomainBed; DomainBed now: false)"),
+        "freeze_bn": HParam(True, fixed(), "BatchNorm in eval mode while training (Fishr's DomainBed; DomainBed now: false)",
+                            domain=SWITCH),
     }
 
 
 def _shared_hparams(dataset: str) -> dict[str, HParam]:
     small = dataset in SMALL_IMAGES
     space = {
-        "featurizer": HParam(DEFAULT_FEATURIZER.get(dataset, "resnet50"), fixed(), "network body: " + "/".join(FEATURIZERS)),
-        "nonlinear_classifier": HParam(False, fixed(), "3-layer MLP head instead of a linear one"),
+        "featurizer": HParam(DEFAULT_FEATURIZER.get(dataset, "resnet50"), fixed(), "network body: " + "/".join(FEATURIZERS),
+                             domain=one_of(*FEATURIZERS)),
+        "nonlinear_classifier": HParam(False, fixed(), "3-layer MLP head instead of a linear one", domain=SWITCH),
         "amp": HParam(
             "off", fixed(), "mixed precision of the featurizer: off or bf16 (CUDA, or a CPU with native bfloat16)",
-            valid=AMP_MODES,
+            domain=one_of(*AMP_MODES),
         ),
-        "class_balanced": HParam(False, fixed(), "DomainBed's class-balanced minibatches (weighted sampling per domain)"),
+        "class_balanced": HParam(False, fixed(), "DomainBed's class-balanced minibatches (weighted sampling per domain)",
+                                 domain=SWITCH),
         "resnet_dropout": HParam(0.0, choice(0.0, 0.1, 0.5), "dropout after the ResNet featurizer", domain=UNIT_OPEN),
         "lr": HParam(1e-3, loguniform(-4.5, -2.5), domain=POSITIVE) if small else HParam(5e-5, loguniform(-5, -3.5), domain=POSITIVE),
         "weight_decay": HParam(0.0, fixed(), domain=NON_NEGATIVE) if small else HParam(0.0, loguniform(-6, -2), domain=NON_NEGATIVE),
@@ -247,8 +276,8 @@ def _coerce(name: str, value: Any, spec: HParam, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{where}: hyperparameter {quote(name)} must be a finite number, got {quote(value)}")
         return float(value)
-    if spec.valid and value not in spec.valid:
-        raise ConfigError(f"{where}: hyperparameter {quote(name)} must be one of {list(spec.valid)}, got {quote(value)}")
+    if spec.domain is not None and spec.domain.values:
+        spec.check_domain(name, value, where)
     if spec.dist.kind == "choice" and value not in spec.dist.choices:
         raise ConfigError(f"{where}: hyperparameter {quote(name)} must be one of {list(spec.dist.choices)}, got {quote(value)}")
     if not isinstance(value, expected):

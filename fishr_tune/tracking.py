@@ -74,7 +74,15 @@ class MlflowJournal:
             from fishr_tune.errors import ConfigError
 
             raise ConfigError(f"{directory}: no MLflow journal here (expected {settings})")
-        saved = json.loads(settings.read_text(encoding="utf-8"))
+        from fishr_tune.errors import ConfigError
+
+        try:
+            saved = json.loads(settings.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{settings}: not a readable journal settings file ({str(error)[:200]})") from None
+        for key in ("tracking_uri", "experiment"):
+            if not isinstance(saved, dict) or not isinstance(saved.get(key), str) or not saved[key]:
+                raise ConfigError(f"{settings}: key {key!r}: expected a non-empty string (the file is damaged)")
         return cls(directory, tracking_uri or saved["tracking_uri"], saved["experiment"])
 
     # --- journaling (never touches the network) -------------------------------------------------------------

@@ -8,7 +8,7 @@ import os
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fishr_tune import records
 from fishr_tune.algorithms import Algorithm, get_algorithm_class
-from fishr_tune.data import DATASET_ENVIRONMENTS, MultiDomainDataset, check_test_envs, get_dataset, holdout_split
+from fishr_tune.data import DATASET_ENVIRONMENTS, MultiDomainDataset, check_dataset_name, check_test_envs, get_dataset, holdout_split
 from fishr_tune.data.loaders import FileBackedSplits
 from fishr_tune.data.sampling import class_balanced_weights, draw_indices
 from fishr_tune.errors import ConfigError, quote
@@ -32,6 +32,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.yaml"
 DONE_FILE = "done"
 EVAL_BATCH_SIZE = 2048
+MAX_STEPS = 10**9  # DomainBed trains 5,001 steps; a billion is a typo and would never end
 
 
 class NonFiniteLossError(RuntimeError):
@@ -41,7 +42,7 @@ class NonFiniteLossError(RuntimeError):
 class TrainConfig(BaseModel):
     """Everything that defines a training run; `fishr-tune train --config` reads it from YAML."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dataset: str = "ColoredMNIST-IRM"
     algorithm: str = "ERM"
@@ -50,8 +51,8 @@ class TrainConfig(BaseModel):
     hparams_seed: int = Field(0, ge=0, le=MAX_SEED, description="0: the defaults; otherwise a random configuration")
     trial_seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the data and the in/out splits")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds initialization and minibatch sampling")
-    steps: int | None = Field(None, gt=0, description="default: the dataset's (DomainBed: 5001)")
-    checkpoint_freq: int | None = Field(None, gt=0, description="default: the dataset's (DomainBed: 100 for MNIST)")
+    steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="default: the dataset's (DomainBed: 5001)")
+    checkpoint_freq: int | None = Field(None, gt=0, le=MAX_STEPS, description="default: the dataset's (DomainBed: 100 for MNIST)")
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     label_noise: float | None = Field(None, ge=0.0, le=1.0, description="Colored MNIST only; default 0.25")
     data_dir: str | None = None
@@ -62,6 +63,16 @@ class TrainConfig(BaseModel):
         None, ge=0, description="image datasets: DataLoader worker processes (default: the CPUs available less one, at most 8)"
     )
 
+    @field_validator("data_dir", "output_dir")
+    @classmethod
+    def _usable_path(cls, value: str | None) -> str | None:
+        from fishr_tune.files import path_problem
+
+        problem = path_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(f"not a usable path: {problem}")
+        return value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -69,15 +80,22 @@ class TrainConfig(BaseModel):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
 
-    def resolved_hparams(self) -> dict[str, Any]:
+    def resolved_hparams(self, where: str = "--hparams") -> dict[str, Any]:
         base = hparams_for_trial(self.algorithm, self.dataset, self.hparams_seed, self.trial_seed)
-        return apply_overrides(self.algorithm, self.dataset, base, self.hparams)
+        return apply_overrides(self.algorithm, self.dataset, base, self.hparams, where=where)
 
-    def check(self) -> None:
-        """Every name and range, before any data is loaded."""
-        get_algorithm_class(self.algorithm)
-        check_test_envs(self.dataset, self.test_envs)
-        self.resolved_hparams()
+    def check(self, hparams_where: str = "--hparams", key_where: Callable[[str], str] | None = None) -> None:
+        """Every name and range, before any data is loaded; `hparams_where` and `key_where(key)` say where the
+        overrides and the other keys came from (a file's key or a flag), so that the refusal names it."""
+        where = key_where or (lambda key: f"--{key.replace('_', '-')}")
+        for key, check in (("dataset", lambda: check_dataset_name(self.dataset)),
+                           ("algorithm", lambda: get_algorithm_class(self.algorithm))):
+            try:
+                check()
+            except ConfigError as error:
+                raise ConfigError(f"{where(key)}: {error}") from None
+        check_test_envs(self.dataset, self.test_envs, where=where("test_envs"))
+        self.resolved_hparams(hparams_where)
 
     def default_output_dir(self) -> str:
         envs = "-".join(str(e) for e in self.test_envs)
@@ -107,12 +125,18 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def make_config(values: Mapping[str, Any], where: str) -> TrainConfig:
+def make_config(values: Mapping[str, Any], where: str, hparams_where: str = "--hparams",
+                flags: Collection[str] = ()) -> TrainConfig:
+    """Validate settings read from `where` (a file, or "command line"); keys in `flags` came from flags."""
     try:
         config = TrainConfig(**values)
     except ValidationError as error:
         raise format_validation_error(error, where) from None
-    config.check()
+
+    def key_where(key: str) -> str:
+        return f"--{key.replace('_', '-')}" if key in flags or where == "command line" else f"{where}: key '{key}'"
+
+    config.check(hparams_where, key_where)
     return config
 
 
@@ -465,7 +489,10 @@ def run_training(
 ) -> list[dict[str, Any]]:
     """Train with records and checkpoints in the output directory; returns every record of the run."""
     output_dir = Path(config.output_dir or config.default_output_dir())
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where a folder must go, a read-only disk: one line, not a traceback
+        raise ConfigError(f"output_dir (--output-dir): cannot create {output_dir} ({error.strerror or error})") from None
     kept = prepare_output_dir(config, output_dir, resume)
     checkpoint = output_dir / CHECKPOINT_FILE
     results = output_dir / records.RESULTS_FILE

@@ -27,8 +27,10 @@ class StrictLoader(yaml.SafeLoader):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             name = getattr(event, "anchor", None)
+            under = f" (under key {quote(index.value, 80)})" if isinstance(index, yaml.ScalarNode) else ""
             raise yaml.composer.ComposerError(
-                None, None, f"anchors and aliases (&{name} / *{name}) are not accepted; write the value out", event.start_mark
+                None, None, f"anchors and aliases (&{name} / *{name}) are not accepted{under}; write the value out",
+                event.start_mark,
             )
         return super().compose_node(parent, index)
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fishr_tune.algorithms.base import Algorithm, Minibatches, register_algorithm
-from fishr_tune.hparams import Domain, HParam, choice
+from fishr_tune.hparams import SWITCH, Domain, HParam, choice
 from fishr_tune.networks import Classifier, Featurizer
 
 
@@ -32,7 +32,7 @@ class Fish(Algorithm):
         "meta_lr": HParam(0.5, choice(0.05, 0.1, 0.5), "fraction of the way toward the inner-loop weights",
                           domain=Domain(0.0, 1.0, low_open=True)),
         "fish_permute_domains": HParam(
-            False, doc="inner steps in a random domain order each update (the Fish paper), not in order (DomainBed)"
+            False, doc="inner steps in a random domain order each update (the Fish paper), not in order (DomainBed)", domain=SWITCH
         ),
     }
     UPDATE_KEYS = ("loss", "nll")

@@ -19,7 +19,7 @@ from torch import nn
 from fishr_tune.algorithms.base import Algorithm, Minibatches, register_algorithm
 from fishr_tune.errors import ConfigError
 from fishr_tune.gradvar import LossKind, engine_names, fishr_penalty, get_engine, head_parameter_count, per_sample_losses
-from fishr_tune.hparams import NON_NEGATIVE, STEPS, UNIT_OPEN, HParam, fixed, loguniform, uniform
+from fishr_tune.hparams import NON_NEGATIVE, STEPS, SWITCH, UNIT_OPEN, HParam, fixed, loguniform, one_of, uniform
 from fishr_tune.networks import Classifier, Featurizer
 
 # A full covariance holds one p x p block per head parameter tensor and domain (up to D x P^2 numbers): beyond
@@ -58,12 +58,13 @@ class Fishr(Algorithm):
         "penalty_anneal_iters": HParam(1500, uniform(0, 5000, integer=True), "steps with penalty weight 0; Adam restarts then",
                                       domain=STEPS),
         "gradvar_engine": HParam(
-            "closed_form", fixed(), "per-sample gradient variances: closed_form, torch_func or backpack", valid=tuple(engine_names())
+            "closed_form", fixed(), "per-sample gradient variances: closed_form, torch_func or backpack", domain=one_of(*engine_names())
         ),
-        "centered": HParam(True, fixed(), "centred variance (paper's default) or uncentred second moment (Table 6)"),
+        "centered": HParam(True, fixed(), "centred variance (paper's default) or uncentred second moment (Table 6)",
+                           domain=SWITCH),
         "full_covariance": HParam(
             False, fixed(), "match each head parameter tensor's full gradient covariance (Table 6, the official "
-            "script's fishr_offdiagonal; small heads only)"),
+            "script's fishr_offdiagonal; small heads only)", domain=SWITCH),
     }
     UPDATE_KEYS = ("loss", "nll", "penalty")
 

@@ -18,7 +18,7 @@ import torch
 
 from fishr_tune.algorithms.base import register_algorithm
 from fishr_tune.algorithms.penalized import AnnealedPenaltyERM
-from fishr_tune.hparams import HParam, loguniform
+from fishr_tune.hparams import NON_NEGATIVE, STEPS, HParam, loguniform
 
 
 def gradient_inner_product(domain_losses: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -44,8 +44,10 @@ def gradient_inner_product(domain_losses: Sequence[torch.Tensor], params: Sequen
 @register_algorithm("IDGM")
 class IDGM(AnnealedPenaltyERM):
     HPARAMS = {
-        "idgm_gamma": HParam(0.01, loguniform(-4, -1), "weight of the mean inter-domain gradient inner product (the paper's gamma)"),
-        "idgm_penalty_anneal_iters": HParam(0, loguniform(0, 4, integer=True), "steps with weight 1.0 before gamma; Adam restarts then"),
+        "idgm_gamma": HParam(0.01, loguniform(-4, -1), "weight of the mean inter-domain gradient inner product (the paper's gamma)",
+                             domain=NON_NEGATIVE),
+        "idgm_penalty_anneal_iters": HParam(0, loguniform(0, 4, integer=True), "steps with weight 1.0 before gamma; Adam restarts then",
+                                            domain=STEPS),
     }
     LAMBDA = "idgm_gamma"
     ANNEAL_ITERS = "idgm_penalty_anneal_iters"

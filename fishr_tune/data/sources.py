@@ -38,14 +38,41 @@ def _has_mnist(root: Path) -> bool:
     return all((raw / name).exists() or (raw / f"{name}.gz").exists() for name in MNIST_RAW_FILES)
 
 
+# IDX headers (LeCun's format): magic number, then one big-endian uint32 per dimension.
+IDX_SHAPES = {"images": (0x00000803, 3), "labels": (0x00000801, 1)}
+
+
+def _check_idx(path: Path) -> None:
+    """An uncompressed raw file must be the IDX file its name says, of exactly the size its header gives.
+
+    torchvision only asserts on the header, so garbage in --data-dir ended in a bare AssertionError."""
+    if not path.exists():
+        return  # the .gz variant: torchvision reads it, and any failure is caught below
+    magic, dims = IDX_SHAPES["images" if "images" in path.name else "labels"]
+    with open(path, "rb") as handle:
+        header = handle.read(4 + 4 * dims)
+    if len(header) < 4 + 4 * dims or int.from_bytes(header[:4], "big") != magic:
+        raise ConfigError(f"{path}: not an MNIST IDX file (wrong header)")
+    size = 1
+    for i in range(dims):
+        size *= int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big")
+    if path.stat().st_size != len(header) + size:
+        raise ConfigError(f"{path}: truncated or padded ({path.stat().st_size:,} bytes; its header says "
+                          f"{len(header) + size:,})")
+
+
 def _load_torchvision(root: Path, download: bool) -> MnistDigits:
     from torchvision.datasets import MNIST
 
+    if not download:
+        for name in MNIST_RAW_FILES:
+            _check_idx(root / "MNIST" / "raw" / name)
     try:
         train = MNIST(root=str(root), train=True, download=download)
         test = MNIST(root=str(root), train=False, download=download)
-    except RuntimeError as error:
-        raise ConfigError(f"MNIST could not be read from {root}/MNIST/raw: {error}") from error
+    except (RuntimeError, AssertionError, ValueError, OSError, EOFError, IndexError) as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"MNIST could not be read from {root}/MNIST/raw: {reason}") from None
     return MnistDigits(
         train.data.clone(), train.targets.clone().long(), test.data.clone(), test.targets.clone().long(),
         source=f"MNIST at {root}",

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from fishr_tune.errors import ConfigError, quote
+from fishr_tune.files import path_problem
 
 # The schemes MLflow 3 registers for tracking stores (mlflow/tracking/_tracking_service/utils.py), plus
 # whatever plugins register under the "mlflow.tracking_store" entry point. "" is a plain local path.
@@ -33,6 +34,9 @@ def check_tracking_uri(uri: str, where: str, local_files: bool = True) -> None:
     """The scheme must be one MLflow can open; `sqlte:///x.db` is refused here, not after the sweep trained."""
     if not uri.strip():
         raise ConfigError(f"{where}: expected a URI like 'sqlite:///mlflow.db', got an empty string")
+    problem = path_problem(urlparse(uri).path if "://" in uri else uri)
+    if problem:
+        raise ConfigError(f"{where}: not a usable tracking URI: {problem}")
     scheme = urlparse(uri).scheme.lower()
     if len(scheme) == 1:  # a Windows drive letter: a local path
         scheme = ""
@@ -62,6 +66,9 @@ def _check_writable_parent(path: Path, where: str, what: str) -> None:
 
 def check_storage_path(storage_path: str, where: str) -> None:
     """A local storage path must be (or be creatable as) a writable directory; a URI must have a known scheme."""
+    problem = path_problem(storage_path)
+    if problem:
+        raise ConfigError(f"{where}: not a usable path: {problem}")
     if "://" in storage_path:
         scheme = storage_path.split("://", 1)[0].lower()
         if scheme not in STORAGE_SCHEMES:

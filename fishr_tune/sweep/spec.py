@@ -25,6 +25,7 @@ from fishr_tune.yaml_io import load_yaml
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DISTRIBUTION_KINDS = ("loguniform", "uniform", "int", "logint", "choice")
+MAX_STEPS = 10**9  # DomainBed trains 5,001; a billion is a typo (or a YAML duplicate) and would never end
 MAX_SEARCH_SEED = 2**18 - 1  # * 10,007 + any group index stays below 2**32
 
 
@@ -82,7 +83,7 @@ def parse_distribution(value: Any) -> Distribution | Any:
 
 
 class SearchSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf passes gt=0 (cpu, reduction_factor)
 
     algorithm: Literal["tpe", "random"] = "tpe"
     num_samples: StrictInt = Field(8, gt=0, description="configurations per group")
@@ -94,7 +95,7 @@ class SchedulerSettings(BaseModel):
     """Ray Tune's ASHA per group. With `brackets` > 1 it is asynchronous HyperBand: bracket s starts stopping at
     grace_period * reduction_factor**s, and each trial joins one bracket at random (weighted by its rungs)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf passes gt=0 (cpu, reduction_factor)
 
     type: Literal["asha", "none"] = "asha"
     grace_period: StrictInt = Field(500, gt=0, description="optimizer steps before a trial may be stopped")
@@ -104,7 +105,7 @@ class SchedulerSettings(BaseModel):
 
 
 class Resources(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf passes gt=0 (cpu, reduction_factor)
 
     cpu: float = Field(1.0, gt=0.0)
     gpu: float = Field(0.0, ge=0.0)
@@ -120,16 +121,16 @@ class Resources(BaseModel):
 class SweepFile(BaseModel):
     """The YAML's schema; `SweepSpec` adds the cross-field checks (names, ranges, environments)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf passes gt=0 (cpu, reduction_factor)
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=128)  # a directory and an MLflow experiment name
     description: str | None = Field(None, description="shown as the MLflow experiment's description")
     dataset: str
     algorithms: list[str] = Field(min_length=1)
     test_envs: Literal["all", "pairs"] | list[StrictInt | list[StrictInt]] = Field(default_factory=lambda: [2])
     trial_seeds: list[StrictInt] = Field(default_factory=lambda: [0], min_length=1)
-    steps: StrictInt = Field(5001, gt=0)
-    checkpoint_freq: StrictInt = Field(100, gt=0)
+    steps: StrictInt = Field(5001, gt=0, le=MAX_STEPS)
+    checkpoint_freq: StrictInt = Field(100, gt=0, le=MAX_STEPS)
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     label_noise: float | None = Field(None, ge=0.0, le=1.0)
     data_dir: str | None = None
@@ -151,6 +152,16 @@ class SweepFile(BaseModel):
     def _directory_name(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
             raise ValueError("must be a directory name: letters, digits, '_', '-', '.'")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _usable_path(cls, value: str | None) -> str | None:
+        from fishr_tune.files import path_problem
+
+        problem = path_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(f"not a usable path: {problem}")
         return value
 
     @field_validator("trial_seeds")
@@ -328,7 +339,10 @@ def build_spec(values: Any, source: str, flag_names: set[str] | None = None) -> 
             f"{source}: key 'scheduler.grace_period': must be below steps ({settings.steps}), got {settings.scheduler.grace_period}"
         )
     scheduler = settings.scheduler
-    last_start = scheduler.grace_period * scheduler.reduction_factor ** (scheduler.brackets - 1)
+    try:
+        last_start = scheduler.grace_period * scheduler.reduction_factor ** (scheduler.brackets - 1)
+    except OverflowError:  # brackets: 1000000 (a float power past 1e308 raises instead of giving inf)
+        last_start = math.inf
     if scheduler.type == "asha" and last_start >= settings.steps:
         raise ConfigError(
             f"{source}: key 'scheduler.brackets': bracket {scheduler.brackets - 1} would first stop trials at step "
