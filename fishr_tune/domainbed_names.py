@@ -46,7 +46,7 @@ def to_our_names(
     values: Mapping[str, Any], dataset: str, where: str, from_records: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(values in fishr-tune's names, the DomainBed names left out with their values); ConfigError where it cannot."""
-    from fishr_tune.hparams import DEFAULT_FEATURIZER
+    from fishr_tune.space import DEFAULT_FEATURIZER
 
     small = dataset in DEFAULT_FEATURIZER
     names = NAMES | frozenset(SMALL_UNUSED) if small else NAMES

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fishr_tune.errors import unknown_name_error
-from fishr_tune.hparams import HParam
+from fishr_tune.space import HParam
 
 Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 

@@ -26,14 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fishr_tune.data.images import (
-    IMAGE_DATASETS,
-    EnvironmentListing,
-    ImageDatasetInfo,
-    check_same_classes,
-    dataset_root,
-    list_environment,
-)
+from fishr_tune.data.catalog import IMAGE_DATASETS, ImageDatasetInfo, dataset_root
+from fishr_tune.data.layout import EnvironmentListing, check_same_classes, list_environment
 from fishr_tune.errors import ConfigError, unknown_name_error
 from fishr_tune.files import write_text_atomically
 

@@ -17,161 +17,28 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fishr_tune.data.base import FileEnvironment, MultiDomainDataset, register_dataset
+from fishr_tune.data.catalog import IMAGE_DATASETS, ImageDatasetInfo, dataset_root, layout_hint
+from fishr_tune.data.download import download_dataset
+from fishr_tune.data.layout import (
+    EnvironmentListing,
+    check_environment_folders,
+    check_same_classes,
+    list_environment,
+)
 from fishr_tune.data.sources import DATA_ENV_VAR
 from fishr_tune.errors import ConfigError
 
-# torchvision's ImageFolder extensions (compared case-insensitively, as ImageFolder does).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_ENV_VAR = "FISHR_TUNE_CACHE"
 INDEX_VERSION = 1
 MIN_IMAGE_SIZE = 32  # ResNets downsample 32x: below this the feature map is empty
-
-
-@dataclass(frozen=True)
-class ImageDatasetInfo:
-    """What DomainBed defines for one dataset, plus the published sizes `data check` compares against."""
-
-    name: str
-    directory: str
-    env_names: tuple[str, ...]
-    env_dirs: tuple[str, ...]  # sorted: environment i is env_dirs[i]
-    num_classes: int
-    images_per_env: tuple[int, ...] | None  # published counts, where known per environment
-    total_images: int
-    checkpoint_freq: int
-    n_steps: int = 5001
-
-
-IMAGE_DATASETS: dict[str, ImageDatasetInfo] = {
-    info.name: info
-    for info in (
-        ImageDatasetInfo("VLCS", "VLCS", ("C", "L", "S", "V"), ("Caltech101", "LabelMe", "SUN09", "VOC2007"),
-                         5, (1415, 2656, 3282, 3376), 10729, 300),
-        ImageDatasetInfo("PACS", "PACS", ("A", "C", "P", "S"), ("art_painting", "cartoon", "photo", "sketch"),
-                         7, (2048, 2344, 1670, 3929), 9991, 300),
-        ImageDatasetInfo("OfficeHome", "office_home", ("A", "C", "P", "R"), ("Art", "Clipart", "Product", "Real World"),
-                         65, (2427, 4365, 4439, 4357), 15588, 300),
-        # Per-location counts depend on the annotation release DomainBed's script downloads: only the total is published.
-        ImageDatasetInfo("TerraIncognita", "terra_incognita", ("L100", "L38", "L43", "L46"),
-                         ("location_100", "location_38", "location_43", "location_46"), 10, None, 24788, 300),
-        ImageDatasetInfo("DomainNet", "domain_net", ("clip", "info", "paint", "quick", "real", "sketch"),
-                         ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
-                         345, (48129, 51605, 72266, 172500, 172947, 69128), 586575, 1000),
-    )
-}
-
-
-@dataclass
-class EnvironmentListing:
-    """One environment folder: its classes (sorted) and each class's image file names (sorted)."""
-
-    folder: str
-    classes: list[str]
-    files: dict[str, list[str]]
-
-    @property
-    def n_images(self) -> int:
-        return sum(len(names) for names in self.files.values())
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Listing and checking the folders
-
-
-def is_image(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def dataset_root(info: ImageDatasetInfo, data_dir: str | os.PathLike[str]) -> Path:
-    return Path(data_dir).expanduser() / info.directory
-
-
-def layout_hint(info: ImageDatasetInfo, root: Path) -> str:
-    return f"DomainBed's layout {root}/{{{','.join(info.env_dirs)}}}/<class>/<image>"
-
-
-def list_environment(env_dir: Path) -> EnvironmentListing:
-    """Class folders and their images; a class without images or an image outside a class folder is an error."""
-    if not env_dir.is_dir():
-        raise ConfigError(f"environment folder {env_dir} does not exist")
-    classes: list[str] = []
-    for entry in sorted(os.scandir(env_dir), key=lambda e: e.name):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            classes.append(entry.name)
-        elif is_image(entry.name):
-            raise ConfigError(
-                f"stray image {entry.name!r} directly in environment folder {env_dir}: images belong in a class "
-                f"folder ({env_dir}/<class>/<image>)"
-            )
-    if not classes:
-        raise ConfigError(f"environment folder {env_dir} is empty: expected one folder per class, with the images inside")
-    files: dict[str, list[str]] = {}
-    for name in classes:
-        class_dir = env_dir / name
-        images = []
-        for entry in os.scandir(class_dir):
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                raise ConfigError(f"class folder {class_dir} holds a folder {entry.name!r}: expected only image files")
-            if is_image(entry.name):
-                images.append(entry.name)
-        if not images:
-            raise ConfigError(f"class folder {class_dir} holds no images (expected files ending in {', '.join(IMAGE_EXTENSIONS)})")
-        files[name] = sorted(images)
-    return EnvironmentListing(str(env_dir), classes, files)
-
-
-def check_environment_folders(info: ImageDatasetInfo, root: Path) -> None:
-    """Every DomainBed environment folder is there, and no other: DomainBed takes every folder as an environment."""
-    if not root.is_dir():
-        raise ConfigError(
-            f"{info.name}: {root} does not exist; expected {layout_hint(info, root)}. Fetch it with "
-            f"`fishr-tune data download {info.name} --data-dir {root.parent}`"
-        )
-    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    missing = [d for d in info.env_dirs if d not in folders]
-    if missing:
-        raise ConfigError(
-            f"{info.name}: environment folder(s) {', '.join(repr(m) for m in missing)} missing from {root}; "
-            f"expected {layout_hint(info, root)}"
-        )
-    extra = [d for d in folders if d not in info.env_dirs]
-    if extra:
-        raise ConfigError(
-            f"{info.name}: unexpected folder {root / extra[0]}: the environments are {', '.join(info.env_dirs)} "
-            "(DomainBed takes every folder as an environment, so an extra one would shift the environment indices)"
-        )
-
-
-def check_same_classes(listings: list[EnvironmentListing]) -> None:
-    """Labels are positions in the sorted class list: every environment must have the same classes."""
-    reference = listings[0]
-    for listing in listings[1:]:
-        if listing.classes == reference.classes:
-            continue
-        missing = sorted(set(reference.classes) - set(listing.classes))
-        if missing:
-            raise ConfigError(
-                f"class folder(s) {', '.join(repr(m) for m in missing)} missing from environment folder {listing.folder} "
-                f"(present in {reference.folder}); every environment needs the same class folders"
-            )
-        extra = sorted(set(listing.classes) - set(reference.classes))
-        raise ConfigError(
-            f"class folder(s) {', '.join(repr(m) for m in extra)} in environment folder {listing.folder} are missing "
-            f"from {reference.folder}; every environment needs the same class folders"
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -338,8 +205,6 @@ def load_image_dataset(
     if label_noise is not None:
         raise ConfigError(f"--label-noise applies to Colored MNIST only, not to {info.name}")
     if download:
-        from fishr_tune.data.download import download_dataset
-
         root_dir = Path(data_dir if data_dir is not None else os.environ.get(DATA_ENV_VAR) or ".").expanduser()
         if not dataset_root(info, root_dir).is_dir():
             download_dataset(info.name, root_dir)

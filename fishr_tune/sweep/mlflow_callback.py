@@ -373,7 +373,7 @@ class MlflowCallback(Callback):
             self._finish(trial, f"stopped early at step {step}{by}", "KILLED")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        from fishr_tune.sweep.runner import failure_reason
+        from fishr_tune.sweep.outcomes import failure_reason
 
         self._finish(trial, f"failed: {failure_reason(trial)}", "FAILED")
 

@@ -594,7 +594,7 @@ def test_progress_display_counts_each_group_and_its_best_val_acc() -> None:
 def test_summary_counts_trials_an_interruption_cut_off_as_unfinished() -> None:
     """A trial that Ctrl-C ended is TERMINATED without Tune's done mark, even after its final record: --resume runs
     it on, so it is neither finished nor stopped early; nor is a trial that never started."""
-    from fishr_tune.sweep.runner import summarize
+    from fishr_tune.sweep.outcomes import summarize
 
     spec = build_spec({**copy.deepcopy(BASE), "steps": 120, "name": "cut", "search": {"num_samples": 6}}, "t.yaml")
     erm = "ERM/te2/ts0"
@@ -615,7 +615,8 @@ def test_summary_counts_trials_an_interruption_cut_off_as_unfinished() -> None:
 def test_resumed_summary_counts_trials_that_ended_in_an_earlier_session() -> None:
     """On --resume, Tune restores a trial that had ended as TERMINATED and never starts it again, sometimes with a
     last result saved before its `done` mark (seen in CI): it still ended. A trial cut off in this session did not."""
-    from fishr_tune.sweep.runner import ProgressCallback, summarize
+    from fishr_tune.sweep.outcomes import summarize
+    from fishr_tune.sweep.runner import ProgressCallback
 
     spec = build_spec({**copy.deepcopy(BASE), "steps": 120, "name": "resumed", "search": {"num_samples": 5}}, "t.yaml")
     erm = "ERM/te2/ts0"
