@@ -17,7 +17,6 @@ OVERSIZED_ALLOWED = {
     "fishr_tune.analyze",
     "fishr_tune.cli",
     "fishr_tune.sweep.mlflow_callback",
-    "fishr_tune.training",
 }
 
 

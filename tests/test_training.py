@@ -8,7 +8,7 @@ import torch
 
 from fishr_tune import records
 from fishr_tune.errors import ConfigError
-from fishr_tune.training import Trainer, TrainConfig, _rng_state, _set_rng_state, make_config, run_training
+from fishr_tune.training import TrainConfig, Trainer, make_config, rng_state, run_training, set_rng_state
 
 
 def irm_config(tmp_path, **overrides) -> TrainConfig:
@@ -58,11 +58,11 @@ def test_rng_state_keeps_numpys_cached_gaussian_through_a_weights_only_checkpoin
     np.random.standard_normal()
     assert np.random.get_state(legacy=True)[3] == 1
     buffer = io.BytesIO()
-    torch.save(_rng_state(), buffer)
+    torch.save(rng_state(), buffer)
     expected = [np.random.beta(2.0, 2.0) for _ in range(4)]
     np.random.seed(1)  # clobber, so the draws below can only match through the restored state
     buffer.seek(0)
-    _set_rng_state(torch.load(buffer, weights_only=True))
+    set_rng_state(torch.load(buffer, weights_only=True))
     assert [np.random.beta(2.0, 2.0) for _ in range(4)] == expected
 
 
