@@ -99,7 +99,8 @@ def _featurizer_choice(values: Mapping[str, Any], out: Mapping[str, Any], left_o
     if resnet18:
         left_out["resnet18"] = True  # DomainBed replaces the ResNet-18 by the AugMix ResNet-50
     if "resnet_weights" in out:
-        raise ConfigError(f"{where}: hyperparameter 'resnet50_augmix' (DomainBed's) picks the ResNet weights, so resnet_weights must not be given too")
+        raise ConfigError(f"{where}: hyperparameter 'resnet50_augmix' (DomainBed's) picks the ResNet weights, "
+                          "so resnet_weights must not be given too")
     path = augmix_weights_file()
     if path is None:
         raise ConfigError(

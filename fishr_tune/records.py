@@ -12,9 +12,12 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fishr_tune.files import write_text_atomically
+
+if TYPE_CHECKING:
+    import pandas
 
 STEP = "step"
 EPOCH = "epoch"
@@ -265,7 +268,7 @@ def flatten(record: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def to_table(records: Sequence[Mapping[str, Any]]) -> "pandas.DataFrame":  # noqa: F821
+def to_table(records: Sequence[Mapping[str, Any]]) -> pandas.DataFrame:
     import pandas
 
     return pandas.DataFrame([flatten(r) for r in records])

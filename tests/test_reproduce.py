@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from fishr_tune import reproduce as rep
-from fishr_tune.reproduce import run as reproduce_run
 from fishr_tune.cli import main
+from fishr_tune.reproduce import run as reproduce_run
 
 
 def _invoke(*args: str):

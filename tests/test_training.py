@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,7 +157,7 @@ class Interrupt(Exception):
     pass
 
 
-def interrupted_run(tmp_path, at_step: int = 20) -> tuple[TrainConfig, "Path"]:
+def interrupted_run(tmp_path, at_step: int = 20) -> tuple[TrainConfig, Path]:
     """A run killed right after its record (and checkpoint) at `at_step`: results [0, ..., at_step], checkpoint past it."""
     config = irm_config(tmp_path)
 
@@ -297,7 +298,8 @@ def test_checkpoints_are_written_through_a_fsynced_temporary_file(tmp_path, monk
 
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync-dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync-file"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: (
+        events.append("fsync-dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync-file"), real_fsync(fd))[1])
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1])
     trainer = Trainer(irm_config(tmp_path))
     trainer.save_checkpoint(tmp_path / "checkpoint.pt")

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import tarfile
 import urllib.error
 import urllib.request
@@ -102,7 +101,7 @@ def http_fetch(url: str, destination: Path) -> None:
             f"cannot download {url}: the server answered HTTP {error.code} ({error.reason}); the source may have "
             "moved or hit its download quota. Try again later, or copy DomainBed's data folders into --data-dir"
         ) from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError) as error:
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
         tmp.unlink(missing_ok=True)
         reason = getattr(error, "reason", error)
         raise ConfigError(

@@ -7,11 +7,11 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from fishr_tune.data import MultiDomainDataset, get_dataset
+from fishr_tune.data import Environment, MultiDomainDataset, get_dataset
 from fishr_tune.inconsistency import Domain, inconsistency
 from fishr_tune.reproduce.config import (
     DATASET_NAME,
@@ -58,7 +58,7 @@ def train_restart(
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     torch.manual_seed(seed)
-    envs = dataset.environments
+    envs = cast(list[Environment], dataset.environments)  # Colored MNIST: tensors in memory
     envs_x = [envs[i].x for i in TRAIN_ENVS]
     envs_y = [envs[i].y for i in TRAIN_ENVS]
     model = IrmMLP(math.prod(dataset.input_shape), config.hidden_dim, grayscale=algorithm == GRAYSCALE_ORACLE)

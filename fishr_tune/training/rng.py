@@ -20,7 +20,7 @@ def rng_state() -> dict[str, Any]:
     _, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     return {
         "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
         "numpy_pos": int(pos),
         "numpy_has_gauss": int(has_gauss),
         "numpy_cached_gaussian": float(cached_gaussian),

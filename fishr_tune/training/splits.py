@@ -5,12 +5,12 @@ trainer draws minibatches, evaluates and checkpoints the position through it wit
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
 from fishr_tune.algorithms import Algorithm
-from fishr_tune.data import MultiDomainDataset, holdout_split
+from fishr_tune.data import Environment, FileEnvironment, MultiDomainDataset, holdout_split
 from fishr_tune.data.loaders import FileBackedSplits
 from fishr_tune.data.sampling import class_balanced_weights, draw_indices
 
@@ -63,7 +63,7 @@ class InMemorySplits:
         self.batch_size = hparams["batch_size"]
         self.device = device
         self.tensors: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
-        for i, env in enumerate(dataset.environments):
+        for i, env in enumerate(cast(list[Environment], dataset.environments)):
             in_idx, out_idx = holdout_split(len(env), holdout_fraction, trial_seed, i)
             x, y = env.x.to(device), env.y.to(device)
             self.tensors[i] = {"in": (x[in_idx], y[in_idx]), "out": (x[out_idx], y[out_idx])}
@@ -103,11 +103,12 @@ class FileSplits:
 
     def __init__(self, dataset: MultiDomainDataset, train_envs: list[int], hparams: Mapping[str, Any],
                  device: torch.device, holdout_fraction: float, trial_seed: int, seed: int, num_workers: int | None):
+        environments = cast(list[FileEnvironment], dataset.environments)
         split_indices = {}
-        for i, env in enumerate(dataset.environments):
+        for i, env in enumerate(environments):
             in_idx, out_idx = holdout_split(len(env), holdout_fraction, trial_seed, i)
             split_indices[i] = {"in": in_idx, "out": out_idx}
-        self.files = FileBackedSplits(dataset.environments, split_indices, train_envs, dict(hparams), device, seed,
+        self.files = FileBackedSplits(environments, split_indices, train_envs, dict(hparams), device, seed,
                                       num_workers)
 
     def split_size(self, env: int, split: str) -> int:

@@ -65,7 +65,7 @@ def test_domainbed_folder_names(tmp_path: Path) -> None:
 
 
 def test_in_out_splits_are_domainbeds(tmp_path: Path) -> None:
-    from fishr_tune.training import make_config, Trainer
+    from fishr_tune.training import Trainer, make_config
 
     write_synthetic_dataset("PACS", tmp_path, classes=CLASSES, images_per_class=5, size=(12, 10))
     config = make_config(dict(dataset="PACS", test_envs=[0], data_dir=str(tmp_path), device="cpu", num_workers=0, trial_seed=3,
@@ -112,7 +112,8 @@ def pacs(tmp_path: Path) -> Path:
     [
         (lambda root: _rmtree(root / "cartoon" / "apple"), r"class folder\(s\) 'apple' missing from environment folder .*cartoon"),
         (lambda root: [_rmtree(p) for p in (root / "photo").iterdir()], r"environment folder .*photo is empty"),
-        (lambda root: (root / "sketch" / "stray.jpg").write_bytes(b"x"), r"stray image 'stray.jpg' directly in environment folder .*sketch"),
+        (lambda root: (root / "sketch" / "stray.jpg").write_bytes(b"x"),
+         r"stray image 'stray.jpg' directly in environment folder .*sketch"),
         (lambda root: _rmtree(root / "art_painting"), r"environment folder\(s\) 'art_painting' missing from .*PACS"),
         (lambda root: (root / "extra").mkdir(), r"unexpected folder .*PACS/extra"),
         (lambda root: [p.unlink() for p in (root / "photo" / "zebra").iterdir()], r"class folder .*photo/zebra holds no images"),

@@ -98,7 +98,7 @@ def test_crashed_trials_resume_from_their_checkpoint_and_divergence_fails_one_tr
     assert len(results) == 2
     # Every trial crashed once (two attempts) ...
     assert sorted(len(p.read_text().splitlines()) for p in local_ray.glob("*.attempts")) == [2, 2]
-    for trial_id, rows in results.items():
+    for rows in results.values():
         steps = [row[records.STEP] for row in rows]
         # ... and continued where its checkpoint stopped: no step trained twice, the retry starting at 41 (not 0).
         assert steps == sorted(set(steps)), steps
@@ -438,7 +438,7 @@ def two_node_cluster() -> Iterator[dict[str, Any]]:
                 break
             except OSError:
                 if time.monotonic() > deadline or head.poll() is not None:
-                    raise RuntimeError("the head node did not start")
+                    raise RuntimeError("the head node did not start") from None
                 time.sleep(1)
         worker = start_node(["--address", address, "--node-ip-address", "127.0.0.1",
                              "--temp-dir", str(scratch / "worker")], {**env, "RAY_TMPDIR": str(scratch / "worker")})
