@@ -286,6 +286,17 @@ def share_datasets(datasets: dict[str, Any]) -> dict[str, Any]:
     return {key: ray.put(dataset) for key, dataset in datasets.items()}
 
 
+def _tuner_internals(tuner: Any) -> Any:
+    """The driver-side TunerInternal (private Ray API, bounded in pyproject.toml), or an error naming what moved."""
+    internal = getattr(tuner, "_local_tuner", None)
+    if internal is None or not hasattr(internal, "get_run_config") or not hasattr(internal, "_tune_config"):
+        import ray
+
+        raise RuntimeError(f"ray {ray.__version__}: Tuner._local_tuner (get_run_config, _tune_config) is not there; "
+                           "--resume needs it (see tests/test_private_apis.py)")
+    return internal
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -341,9 +352,10 @@ def run_sweep(
             tuner = tune.Tuner.restore(location.uri, trainable=wrapped, resume_unfinished=True, resume_errored=True)
             # Tuner.restore brings back the first session's callbacks; this session's display (and any callbacks
             # the caller passes now) replace them. Tuner has no public setter for this in Ray 2.60.
-            tuner._local_tuner.get_run_config().callbacks = run_callbacks
+            internal = _tuner_internals(tuner)
+            internal.get_run_config().callbacks = run_callbacks
             # A sweep started before concurrency followed the cluster saved the cap it had then; drop it.
-            tuner._local_tuner._tune_config.max_concurrent_trials = None
+            internal._tune_config.max_concurrent_trials = None
         else:
             location.write_text(SPEC_FILE, yaml.safe_dump(_spec_snapshot(spec), sort_keys=False))
             searcher, scheduler = make_search(spec)
