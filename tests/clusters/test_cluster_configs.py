@@ -18,7 +18,7 @@ import yaml
 from ray.autoscaler._private.local.config import bootstrap_local
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from fishr_tune.sweep.runner import autoscaling_slots
+from fishr_tune.sweep.cluster import autoscaling_slots
 from fishr_tune.sweep.spec import build_spec
 
 CLUSTERS = Path(__file__).resolve().parents[2] / "clusters"

@@ -565,7 +565,7 @@ def display_lines(stream: Any) -> list[str]:
 def test_progress_display_counts_each_group_and_its_best_val_acc() -> None:
     import io
 
-    from fishr_tune.sweep.runner import ProgressCallback
+    from fishr_tune.sweep.progress import ProgressCallback
 
     spec = build_spec({**copy.deepcopy(BASE), "algorithms": ["ERM", "Fishr"], "steps": 120, "name": "progress"}, "test.yaml")
     stream = io.StringIO()
@@ -616,7 +616,7 @@ def test_resumed_summary_counts_trials_that_ended_in_an_earlier_session() -> Non
     """On --resume, Tune restores a trial that had ended as TERMINATED and never starts it again, sometimes with a
     last result saved before its `done` mark (seen in CI): it still ended. A trial cut off in this session did not."""
     from fishr_tune.sweep.outcomes import summarize
-    from fishr_tune.sweep.runner import ProgressCallback
+    from fishr_tune.sweep.progress import ProgressCallback
 
     spec = build_spec({**copy.deepcopy(BASE), "steps": 120, "name": "resumed", "search": {"num_samples": 5}}, "t.yaml")
     erm = "ERM/te2/ts0"
@@ -639,7 +639,7 @@ def test_resumed_summary_counts_trials_that_ended_in_an_earlier_session() -> Non
 def test_progress_display_on_a_terminal_is_a_table() -> None:
     import io
 
-    from fishr_tune.sweep.runner import ProgressCallback
+    from fishr_tune.sweep.progress import ProgressCallback
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
