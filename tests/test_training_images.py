@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fishr_tune import networks, records
-from fishr_tune.data.images import write_synthetic_dataset
+from fishr_tune.data.synthetic import write_synthetic_dataset
 from fishr_tune.errors import ConfigError
 from fishr_tune.training import TrainConfig, Trainer, make_config, run_training
 
