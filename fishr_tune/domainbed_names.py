@@ -46,7 +46,7 @@ def to_our_names(
     values: Mapping[str, Any], dataset: str, where: str, from_records: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(values in fishr-tune's names, the DomainBed names left out with their values); ConfigError where it cannot."""
-    from fishr_tune.hparams import DEFAULT_FEATURIZER
+    from fishr_tune.space import DEFAULT_FEATURIZER
 
     small = dataset in DEFAULT_FEATURIZER
     names = NAMES | frozenset(SMALL_UNUSED) if small else NAMES
@@ -99,7 +99,8 @@ def _featurizer_choice(values: Mapping[str, Any], out: Mapping[str, Any], left_o
     if resnet18:
         left_out["resnet18"] = True  # DomainBed replaces the ResNet-18 by the AugMix ResNet-50
     if "resnet_weights" in out:
-        raise ConfigError(f"{where}: hyperparameter 'resnet50_augmix' (DomainBed's) picks the ResNet weights, so resnet_weights must not be given too")
+        raise ConfigError(f"{where}: hyperparameter 'resnet50_augmix' (DomainBed's) picks the ResNet weights, "
+                          "so resnet_weights must not be given too")
     path = augmix_weights_file()
     if path is None:
         raise ConfigError(

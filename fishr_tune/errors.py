@@ -1,5 +1,7 @@
 """Errors that mean "the user asked for something invalid" (exit code 2), as opposed to bugs."""
 
+from collections.abc import Iterable
+
 
 class ConfigError(ValueError):
     """Bad input: an unknown name, a malformed file, a value out of range.
@@ -9,7 +11,7 @@ class ConfigError(ValueError):
     """
 
 
-def unknown_name_error(kind: str, name: str, valid: "list[str] | tuple[str, ...]") -> ConfigError:
+def unknown_name_error(kind: str, name: str, valid: Iterable[str]) -> ConfigError:
     return ConfigError(f"unknown {kind} {quote(name)}; valid {kind}s: {', '.join(sorted(valid))}")
 
 

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-
 NAME_MAX = 255  # bytes in one file name (Linux, macOS)
 PATH_MAX = 4096  # characters in a whole path
 
@@ -60,7 +59,7 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def replace_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
+def replace_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
     """Write `path` through a temporary file in the same directory: fsynced, renamed over `path`, directory fsynced.
 
     Readers see either the old file or the complete new one, never a prefix of it.

@@ -25,7 +25,7 @@ domain in full.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -155,7 +155,7 @@ def train_method(method: str, domains: Sequence[LinearDomain], settings: Setting
 
 
 def parse_methods(text: str) -> list[str]:
-    from fishr_tune.reproduce import parse_name_list
+    from fishr_tune.reproduce.config import parse_name_list
 
     return parse_name_list(text, METHODS, kind="method")
 

@@ -114,7 +114,7 @@ class InconsistencyReport:
         out["argmax_diagonal"] = list(self.argmax_diagonal)
         return out
 
-    def with_epsilon(self, epsilon: float) -> "InconsistencyReport":
+    def with_epsilon(self, epsilon: float) -> InconsistencyReport:
         """The same model at another eps: the eigenvalues do not depend on it, only the curvature terms scale."""
         check_epsilon(epsilon)
         pairs = [PairTerms(p.a, p.b, p.risk_gap, p.generalized_eigenvalue, epsilon * p.generalized_eigenvalue,

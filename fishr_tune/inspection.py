@@ -19,7 +19,14 @@ from fishr_tune.data import DATASET_ENVIRONMENTS
 from fishr_tune.errors import ConfigError
 from fishr_tune.gradvar import LossKind
 from fishr_tune.inconsistency import (
-    DEFAULT_DAMPING, DEFAULT_EPSILON, Domain, InconsistencyReport, Method, check_damping, check_epsilon, inconsistency,
+    DEFAULT_DAMPING,
+    DEFAULT_EPSILON,
+    Domain,
+    InconsistencyReport,
+    Method,
+    check_damping,
+    check_epsilon,
+    inconsistency,
 )
 from fishr_tune.training import CHECKPOINT_FILE, CONFIG_FILE, EVAL_BATCH_SIZE, Trainer, load_config_file, make_config
 

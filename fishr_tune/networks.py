@@ -214,7 +214,7 @@ class ResNet(nn.Module):
             return self.dropout(features.float())
         return self.dropout(self.network(x))
 
-    def train(self, mode: bool = True) -> "ResNet":
+    def train(self, mode: bool = True) -> ResNet:
         super().train(mode)
         if self.frozen_bn:
             self.freeze_bn()

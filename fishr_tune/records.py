@@ -12,9 +12,12 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fishr_tune.files import write_text_atomically
+
+if TYPE_CHECKING:
+    import pandas
 
 STEP = "step"
 EPOCH = "epoch"
@@ -30,6 +33,7 @@ INCONSISTENCY = "inconsistency"
 INCONSISTENCY_DIAGONAL = "inconsistency_diagonal"
 # MLflow tag on a sweep's parent run: {algorithm: {hparam: distribution kind}}, so plots draw each axis as searched.
 SPACE_TAG = "fishr_tune.space"
+VIEW_NAME = "Trials by best validation"  # the saved MLflow view of a sweep's trials ranked by best_val_acc
 SPLITS = ("in", "out")
 
 RESULTS_FILE = "results.jsonl"
@@ -268,7 +272,7 @@ def flatten(record: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def to_table(records: Sequence[Mapping[str, Any]]) -> "pandas.DataFrame":  # noqa: F821
+def to_table(records: Sequence[Mapping[str, Any]]) -> pandas.DataFrame:
     import pandas
 
     return pandas.DataFrame([flatten(r) for r in records])

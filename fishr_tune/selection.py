@@ -220,7 +220,7 @@ def summarize(selected: pd.DataFrame) -> pd.DataFrame:
         envs = set(selected.loc[selected["dataset"] == dataset, "test_env"])
         if set(part["test_env"]) != envs:
             continue
-        per_seed = part.groupby("trial_seed").filter(lambda seed: set(seed["test_env"]) == envs)
+        per_seed = part.groupby("trial_seed").filter(lambda seed: set(seed["test_env"]) == envs)  # noqa: B023  (called here)
         seed_means = per_seed.groupby("trial_seed")["test_acc"].mean().to_numpy()
         row = _mean_se(dataset, algorithm, "avg", seed_means) if len(seed_means) else {
             "dataset": dataset, "algorithm": algorithm, "test_env": "avg", "se": float("nan"), "n": 0}

@@ -67,7 +67,7 @@ class MlflowJournal:
         settings.write_text(json.dumps({"tracking_uri": self.tracking_uri, "experiment": experiment_name}), encoding="utf-8")
 
     @classmethod
-    def open_existing(cls, directory: str | os.PathLike[str], tracking_uri: str | None = None) -> "MlflowJournal":
+    def open_existing(cls, directory: str | os.PathLike[str], tracking_uri: str | None = None) -> MlflowJournal:
         """Reopen a sweep's journal (for `mlflow-sync`), optionally against another tracking URI."""
         settings = Path(directory) / "settings.json"
         if not settings.exists():

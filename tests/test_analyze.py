@@ -104,7 +104,7 @@ def log_sweep_to_mlflow(uri: str, name: str, runs: dict[str, list[dict]], args_t
     parent = client.create_run(experiment, tags={an.KIND_TAG: "sweep"})
     for key, value in {"steps": 3, "checkpoint_freq": 1, "holdout_fraction": 0.2, "label_noise": None, "data_dir": None}.items():
         client.log_param(parent.info.run_id, key, _param_value(value))
-    for index, (run_name, recs) in enumerate(runs.items()):
+    for run_name, recs in runs.items():
         args = recs[0]["args"]
         tags = {an.KIND_TAG: "trial", "dataset": args["dataset"], "algorithm": args["algorithm"],
                 "test_envs": json.dumps(args["test_envs"]), "trial_seed": str(args["trial_seed"]),

@@ -49,7 +49,8 @@ def test_sweep_analyze_best_config_and_rerun_reproduce_the_selected_checkpoint(l
     chosen = client.search_runs([experiment], filter_string=f"tags.ray_trial_id = '{run_id}'")[0]
     parent = client.get_run(chosen.data.tags["mlflow.parentRunId"])
     assert any(a.path == "analyze" for a in client.list_artifacts(parent.info.run_id))
-    assert sorted(p.name for p in plots.iterdir()) == ["hparams_ColoredMNIST-IRM_Fishr.png", "val_vs_test_ColoredMNIST-IRM_Fishr_te2_ts0.png"]
+    assert sorted(p.name for p in plots.iterdir()) == ["hparams_ColoredMNIST-IRM_Fishr.png",
+                                                       "val_vs_test_ColoredMNIST-IRM_Fishr_te2_ts0.png"]
     logged = {key: {m.step: m.value for m in client.get_metric_history(chosen.info.run_id, key)}[step]
               for key in chosen.data.metrics if key.startswith("env")}
 

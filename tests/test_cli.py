@@ -74,9 +74,9 @@ def test_malformed_yaml_exits_2(tmp_path) -> None:
 
 
 def test_train_help_names_every_registered_algorithm() -> None:
-    from fishr_tune.algorithms import ALGORITHMS
-
     import re
+
+    from fishr_tune.algorithms import ALGORITHMS
 
     named = set(re.findall(r"[A-Za-z]+", invoke("train", "--help").output))
     assert sorted(set(ALGORITHMS) - named) == []

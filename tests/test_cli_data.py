@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from fishr_tune.cli import main
-from fishr_tune.data.images import write_synthetic_dataset
+from fishr_tune.data.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(autouse=True)

@@ -48,7 +48,8 @@ def _training_domain_run(records: list[dict]) -> dict | None:
     steps = []
     for r in tests:
         t = r["args"]["test_envs"][0]
-        keys = [f"env{i}_out_acc" for i in itertools.takewhile(lambda i: f"env{i}_out_acc" in r, itertools.count()) if i != t]
+        keys = [f"env{i}_out_acc" for i in itertools.takewhile(lambda i: f"env{i}_out_acc" in r, itertools.count())  # noqa: B023
+                if i != t]
         steps.append({"val_acc": float(np.mean([r[k] for k in keys])), "test_acc": r[f"env{t}_in_acc"], "step": r["step"]})
     return max(steps, key=lambda s: s["val_acc"])  # the first of equal ones
 

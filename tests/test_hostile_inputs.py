@@ -170,7 +170,8 @@ def _(tmp: Path):
 @case("train: garbage MNIST files in --data-dir")
 def _(tmp: Path):
     garbage_mnist(tmp / "mnist")
-    return ["train", "--data-dir", str(tmp / "mnist"), "--output-dir", str(tmp / "run")], ["train-images-idx3-ubyte", "not an MNIST IDX file"]
+    return (["train", "--data-dir", str(tmp / "mnist"), "--output-dir", str(tmp / "run")],
+            ["train-images-idx3-ubyte", "not an MNIST IDX file"])
 
 
 @case("train: a truncated MNIST file")
@@ -211,7 +212,8 @@ def _(tmp: Path):
 
 @case("train: batch_size 1e12 in --hparams")
 def _(tmp: Path):
-    return ["train", "--hparams", '{"batch_size": 1e12}', "--output-dir", str(tmp / "run")], ["--hparams", "'batch_size' must be >= 1 and <= 65536"]
+    return (["train", "--hparams", '{"batch_size": 1e12}', "--output-dir", str(tmp / "run")],
+            ["--hparams", "'batch_size' must be >= 1 and <= 65536"])
 
 
 @case("train: hidden_dim 0 in --hparams")
@@ -304,7 +306,8 @@ def _(tmp: Path):
 @case("analyze: a garbage sqlite store")
 def _(tmp: Path):
     (tmp / "mlflow.db").write_bytes(b"no database here" * 64)
-    return ["analyze", "--experiment", "x", "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"], ["--tracking-uri", "not an SQLite database"]
+    return (["analyze", "--experiment", "x", "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"],
+            ["--tracking-uri", "not an SQLite database"])
 
 
 @case("analyze: non-JSON, array and non-UTF-8 lines", warnings_allowed=True)

@@ -36,7 +36,7 @@ def _brute_force(head: nn.Linear, domains: list[Domain], epsilon: float) -> tupl
     for d in domains:
         z = d.features.to(torch.float64)
         risks.append(float(_hand_risk(theta, z, d.labels, classes)))
-        hessians.append(torch.autograd.functional.hessian(lambda t: _hand_risk(t, z, d.labels, classes), theta).numpy())
+        hessians.append(torch.autograd.functional.hessian(lambda t: _hand_risk(t, z, d.labels, classes), theta).numpy())  # noqa: B023
     eigen = {}
     for a, h_a in enumerate(hessians):
         damped = h_a + DAMPING * np.linalg.eigvalsh(h_a).max() * np.eye(len(theta))

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from fishr_tune import reproduce as rep
 from fishr_tune.cli import main
+from fishr_tune.reproduce import run as reproduce_run
 
 
 def _invoke(*args: str):
@@ -90,7 +91,7 @@ HAND_PENALTIES = {
 def test_fishr_penalty_and_its_gradient_match_materialized_per_sample_gradients(small_problem) -> None:
     model, envs_x, envs_y = small_problem
     features, logits = model(torch.cat(envs_x))
-    ours = rep.fishr_penalty(model.classifier, features, torch.cat(envs_y), [7, 9], logits=logits)
+    ours = rep.fishr_penalty_summed(model.classifier, features, torch.cat(envs_y), [7, 9], logits=logits)
     hand = _hand_fishr(model, envs_x, envs_y)
     assert hand.item() > 0
     torch.testing.assert_close(ours, hand, rtol=1e-10, atol=1e-15)
@@ -163,7 +164,7 @@ def test_tiny_run_prints_table_with_papers_numbers_and_saves_json(tmp_path: Path
         builds.append(seed)
         return real_build(seed, data_dir, label_noise)
 
-    monkeypatch.setattr(rep, "build_restart_dataset", counting_build)
+    monkeypatch.setattr(reproduce_run, "build_restart_dataset", counting_build)  # where run_reproduction looks it up
     output = tmp_path / "out" / "table2.json"
     result = _invoke("--algorithms", "ERM,fishr", "--restarts", "1", "--steps", "10", "--no-ray",
                      "--output", str(output))

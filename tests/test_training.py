@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from fishr_tune import records
 from fishr_tune.errors import ConfigError
-from fishr_tune.training import Trainer, TrainConfig, _rng_state, _set_rng_state, make_config, run_training
+from fishr_tune.training import TrainConfig, Trainer, make_config, rng_state, run_training, set_rng_state
 
 
 def irm_config(tmp_path, **overrides) -> TrainConfig:
@@ -58,11 +59,11 @@ def test_rng_state_keeps_numpys_cached_gaussian_through_a_weights_only_checkpoin
     np.random.standard_normal()
     assert np.random.get_state(legacy=True)[3] == 1
     buffer = io.BytesIO()
-    torch.save(_rng_state(), buffer)
+    torch.save(rng_state(), buffer)
     expected = [np.random.beta(2.0, 2.0) for _ in range(4)]
     np.random.seed(1)  # clobber, so the draws below can only match through the restored state
     buffer.seek(0)
-    _set_rng_state(torch.load(buffer, weights_only=True))
+    set_rng_state(torch.load(buffer, weights_only=True))
     assert [np.random.beta(2.0, 2.0) for _ in range(4)] == expected
 
 
@@ -156,7 +157,7 @@ class Interrupt(Exception):
     pass
 
 
-def interrupted_run(tmp_path, at_step: int = 20) -> tuple[TrainConfig, "Path"]:
+def interrupted_run(tmp_path, at_step: int = 20) -> tuple[TrainConfig, Path]:
     """A run killed right after its record (and checkpoint) at `at_step`: results [0, ..., at_step], checkpoint past it."""
     config = irm_config(tmp_path)
 
@@ -297,7 +298,8 @@ def test_checkpoints_are_written_through_a_fsynced_temporary_file(tmp_path, monk
 
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync-dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync-file"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: (
+        events.append("fsync-dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync-file"), real_fsync(fd))[1])
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1])
     trainer = Trainer(irm_config(tmp_path))
     trainer.save_checkpoint(tmp_path / "checkpoint.pt")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fishr_tune import networks, records
-from fishr_tune.data.images import write_synthetic_dataset
+from fishr_tune.data.synthetic import write_synthetic_dataset
 from fishr_tune.errors import ConfigError
-from fishr_tune.training import Trainer, TrainConfig, make_config, run_training
+from fishr_tune.training import TrainConfig, Trainer, make_config, run_training
 
 SMALL = {"featurizer": "resnet18", "image_size": 32, "batch_size": 4}
 

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from fishr_tune.errors import unknown_name_error
-from fishr_tune.hparams import HParam
+from fishr_tune.space import HParam
 
 Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
-ALGORITHMS: dict[str, type["Algorithm"]] = {}
+ALGORITHMS: dict[str, type[Algorithm]] = {}
 A = TypeVar("A", bound=type["Algorithm"])
 
 
@@ -30,7 +30,7 @@ def register_algorithm(name: str) -> Callable[[A], A]:
     return wrap
 
 
-def get_algorithm_class(name: str) -> type["Algorithm"]:
+def get_algorithm_class(name: str) -> type[Algorithm]:
     if name not in ALGORITHMS:
         raise unknown_name_error("algorithm", name, list(ALGORITHMS))
     return ALGORITHMS[name]

@@ -22,8 +22,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from fishr_tune.algorithms.base import Algorithm, Minibatches, register_algorithm
-from fishr_tune.hparams import NON_NEGATIVE, POSITIVE, SMALL_IMAGES, UNIT_OPEN, WIDTH, HParam, at_least, choice, fixed, loguniform
 from fishr_tune.networks import Classifier, Featurizer
+from fishr_tune.space import (
+    NON_NEGATIVE,
+    POSITIVE,
+    SMALL_IMAGES,
+    UNIT_OPEN,
+    WIDTH,
+    HParam,
+    at_least,
+    choice,
+    fixed,
+    loguniform,
+)
 
 ADVERSARIAL_HPARAMS: dict[str, HParam] = {
     "lambda": HParam(1.0, loguniform(-2, 2), "weight of the (reversed) discriminator loss in the generator's objective",

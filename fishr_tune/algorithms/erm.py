@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,7 +14,7 @@ from fishr_tune.networks import Classifier, Featurizer
 
 @register_algorithm("ERM")
 class ERM(Algorithm):
-    UPDATE_KEYS = ("loss", "nll")
+    UPDATE_KEYS: ClassVar[tuple[str, ...]] = ("loss", "nll")
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fishr_tune.algorithms.base import Algorithm, Minibatches, register_algorithm
-from fishr_tune.hparams import SWITCH, Domain, HParam, choice
 from fishr_tune.networks import Classifier, Featurizer
+from fishr_tune.space import SWITCH, Domain, HParam, choice
 
 
 @register_algorithm("Fish")

@@ -18,9 +18,16 @@ from torch import nn
 
 from fishr_tune.algorithms.base import Algorithm, Minibatches, register_algorithm
 from fishr_tune.errors import ConfigError
-from fishr_tune.gradvar import LossKind, engine_names, fishr_penalty, get_engine, head_parameter_count, per_sample_losses
-from fishr_tune.hparams import NON_NEGATIVE, STEPS, SWITCH, UNIT_OPEN, HParam, fixed, loguniform, one_of, uniform
+from fishr_tune.gradvar import (
+    LossKind,
+    engine_names,
+    fishr_penalty,
+    get_engine,
+    head_parameter_count,
+    per_sample_losses,
+)
 from fishr_tune.networks import Classifier, Featurizer
+from fishr_tune.space import NON_NEGATIVE, STEPS, SWITCH, UNIT_OPEN, HParam, fixed, loguniform, one_of, uniform
 
 # A full covariance holds one p x p block per head parameter tensor and domain (up to D x P^2 numbers): beyond
 # this many head parameters it is neither cheap nor what the paper meant.

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from fishr_tune.algorithms.base import Minibatches, register_algorithm, split_logits
 from fishr_tune.algorithms.erm import ERM
-from fishr_tune.hparams import POSITIVE, HParam, loguniform
+from fishr_tune.space import POSITIVE, HParam, loguniform
 
 
 @register_algorithm("GroupDRO")

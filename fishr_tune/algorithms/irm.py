@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from fishr_tune.algorithms.base import register_algorithm
 from fishr_tune.algorithms.penalized import AnnealedPenaltyERM
-from fishr_tune.hparams import NON_NEGATIVE, STEPS, HParam, loguniform
+from fishr_tune.space import NON_NEGATIVE, STEPS, HParam, loguniform
 
 
 def dummy_scale_gradient(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

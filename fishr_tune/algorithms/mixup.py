@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from fishr_tune.algorithms.base import Minibatches, register_algorithm
 from fishr_tune.algorithms.erm import ERM
-from fishr_tune.hparams import POSITIVE, HParam, loguniform
+from fishr_tune.space import POSITIVE, HParam, loguniform
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

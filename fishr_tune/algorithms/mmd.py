@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from fishr_tune.algorithms.base import Minibatches, register_algorithm
 from fishr_tune.algorithms.erm import ERM
-from fishr_tune.hparams import NON_NEGATIVE, HParam, loguniform
+from fishr_tune.space import NON_NEGATIVE, HParam, loguniform
 
 # DomainBed's kernel bandwidths: the kernel is the sum of exp(-gamma * ||x - y||^2) over these.
 GAUSSIAN_GAMMAS: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)

@@ -6,7 +6,7 @@ import torch
 
 from fishr_tune.algorithms.base import register_algorithm
 from fishr_tune.algorithms.penalized import AnnealedPenaltyERM
-from fishr_tune.hparams import NON_NEGATIVE, STEPS, HParam, loguniform
+from fishr_tune.space import NON_NEGATIVE, STEPS, HParam, loguniform
 
 
 def risk_variance(domain_losses: torch.Tensor) -> torch.Tensor:

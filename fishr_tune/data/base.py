@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ class FileEnvironment:
 @dataclass
 class MultiDomainDataset:
     name: str
-    environments: list[Environment] | list[FileEnvironment]
+    environments: Sequence[Environment | FileEnvironment]  # all of one kind
     input_shape: tuple[int, ...]
     num_classes: int
     source: str

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import tarfile
 import urllib.error
 import urllib.request
@@ -26,14 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fishr_tune.data.images import (
-    IMAGE_DATASETS,
-    EnvironmentListing,
-    ImageDatasetInfo,
-    check_same_classes,
-    dataset_root,
-    list_environment,
-)
+from fishr_tune.data.catalog import IMAGE_DATASETS, ImageDatasetInfo, dataset_root
+from fishr_tune.data.layout import EnvironmentListing, check_same_classes, list_environment
 from fishr_tune.errors import ConfigError, unknown_name_error
 from fishr_tune.files import write_text_atomically
 
@@ -108,7 +101,7 @@ def http_fetch(url: str, destination: Path) -> None:
             f"cannot download {url}: the server answered HTTP {error.code} ({error.reason}); the source may have "
             "moved or hit its download quota. Try again later, or copy DomainBed's data folders into --data-dir"
         ) from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError) as error:
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
         tmp.unlink(missing_ok=True)
         reason = getattr(error, "reason", error)
         raise ConfigError(

@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fishr_tune.data.base import FileEnvironment
-from fishr_tune.data.images import evaluation_transform, normalize, training_transform
 from fishr_tune.data.sampling import class_balanced_weights, draw_indices
+from fishr_tune.data.transforms import evaluation_transform, normalize, training_transform
 from fishr_tune.hparams import seed_hash
 
 EVAL_BATCH_SIZE = 128

@@ -30,6 +30,7 @@ from fishr_tune.tracking import MlflowJournal
 
 SWEEP_KEY = "sweep"
 JOURNAL_DIR = "mlflow"
+VIEW_NAME = records.VIEW_NAME
 METRIC_NAMES = (records.VAL_ACC, records.LOSS, records.NLL, records.PENALTY, records.STEP_TIME, records.INCONSISTENCY,
                 records.INCONSISTENCY_DIAGONAL)
 FLUSH_INTERVAL_S = 2.0
@@ -54,7 +55,6 @@ ACCURACY_PLOT = "accuracy.png"
 # `#/experiments/<id>/runs?viewStateShareKey=<id>`. We save one per sweep: the trials, ranked by best_val_acc.
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 VIEW_ID = "fishr-tune-trials"
-VIEW_NAME = "Trials by best validation"
 SELECTED_RUN_TAG = "selected_run."  # + flat group name, on the parent: the run id training_domain selects
 # A digest of the trial's config (group, sample index, seed, hyperparameters): after a driver crash Tune may re-create
 # a trial it had not yet saved under a new id; the same digest lets the new trial continue the old trial's run.
@@ -412,7 +412,7 @@ class MlflowCallback(Callback):
             self._finish(trial, f"stopped early at step {step}{by}", "KILLED")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        from fishr_tune.sweep.runner import failure_reason
+        from fishr_tune.sweep.outcomes import failure_reason
 
         self._finish(trial, f"failed: {failure_reason(trial)}", "FAILED")
 

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import sys
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -17,281 +12,21 @@ import yaml
 
 from fishr_tune import records
 from fishr_tune.errors import ConfigError
-from fishr_tune.sweep.preflight import check_before_ray, check_cluster_resources
-from fishr_tune.sweep.mlflow_callback import VIEW_NAME, MlflowCallback, finish_sweep_run, open_journal, view_url
+from fishr_tune.sweep.cluster import check_ray_resources, trials_follow_the_cluster
+from fishr_tune.sweep.mlflow_callback import MlflowCallback, finish_sweep_run, open_journal, view_url
 from fishr_tune.sweep.mlflow_inputs import split_entities
-from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY, make_search
+from fishr_tune.sweep.outcomes import SUMMARY_FILE, SweepSummary, summarize
+from fishr_tune.sweep.preflight import check_before_ray
+from fishr_tune.sweep.progress import ProgressCallback
+from fishr_tune.sweep.search import make_search
 from fishr_tune.sweep.spec import SweepSpec
 from fishr_tune.sweep.storage import SweepLocation
-from fishr_tune.sweep.trainable import STEPS_TRAINED, dataset_key, sweep_trainable
-from fishr_tune.yaml_io import load_yaml, parse_yaml
+from fishr_tune.sweep.trainable import dataset_key, sweep_trainable
+from fishr_tune.sweep.trial_logs import TRIAL_LOG_FILES, KeepTrialLogsOnRetry
+from fishr_tune.yaml_io import parse_yaml
 
 SPEC_FILE = "sweep_spec.yaml"
-SUMMARY_FILE = "sweep_summary.json"
 TrialFunction = Callable[..., None]
-
-
-@dataclass
-class GroupCounts:
-    running: int = 0
-    pending: int = 0
-    finished: int = 0
-    stopped_early: int = 0
-    failed: int = 0
-    unfinished: int = 0  # cut off by an interruption before Tune saw its end (continue with --resume)
-    best_val_acc: float | None = None
-    best_trial: str | None = None
-    best_hparams: dict[str, Any] | None = None
-
-
-@dataclass
-class SweepSummary:
-    name: str
-    experiment_dir: str
-    trials: int
-    finished: int
-    stopped_early: int
-    failed: int
-    unfinished: int
-    steps_trained: int
-    steps_without_early_stopping: int
-    trial_compute_s: float
-    wall_time_s: float
-    groups: dict[str, GroupCounts] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
-    tracking_uri: str = ""
-    mlflow_journal: str = ""
-    mlflow_pending: int = 0
-    mlflow_error: str | None = None
-    mlflow_view: str = ""  # the saved view of the trials ranked by best_val_acc (mlflow_callback.trials_view)
-
-    @property
-    def interrupted(self) -> bool:
-        return self.unfinished > 0
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    def lines(self) -> list[str]:
-        share = self.steps_trained / self.steps_without_early_stopping if self.steps_without_early_stopping else 0.0
-        out = [
-            f"Sweep {self.name}: {self.trials} trials: {self.finished} finished, {self.stopped_early} stopped early, "
-            f"{self.failed} failed" + (f", {self.unfinished} unfinished (continue with --resume)" if self.unfinished else ""),
-            f"Optimizer steps trained: {self.steps_trained:,} of {self.steps_without_early_stopping:,} without early "
-            f"stopping ({share:.0%}); wall time {self.wall_time_s:.1f} s",
-        ]
-        for key, counts in self.groups.items():
-            best = "-" if counts.best_val_acc is None else f"{counts.best_val_acc:.4f} ({counts.best_trial})"
-            out.append(f"  {key}: best val_acc {best}")
-        for trial_id, reason in self.failures.items():
-            out.append(f"  failed {trial_id}: {reason}")
-        out.append(f"Results: {self.experiment_dir} (summary in {SUMMARY_FILE})")
-        if self.mlflow_pending:
-            out.append(
-                f"MLflow: {self.mlflow_pending} operations not yet sent to {self.tracking_uri} ({self.mlflow_error}); "
-                f"they are kept in {self.mlflow_journal}: run `fishr-tune mlflow-sync {self.mlflow_journal}` once it is reachable"
-            )
-        elif self.tracking_uri:
-            out.append(f"MLflow: experiment {self.name!r} in {self.tracking_uri}")
-            if self.mlflow_view.startswith("#"):  # a local store: the UI is `mlflow ui`'s (127.0.0.1:5000 by default)
-                out.append(f"  trials ranked by best_val_acc (its Views menu: {VIEW_NAME!r}): `mlflow ui --backend-store-uri "
-                           f"{self.tracking_uri}`, then http://127.0.0.1:5000/{self.mlflow_view}")
-            elif self.mlflow_view:
-                out.append(f"  trials ranked by best_val_acc (its Views menu: {VIEW_NAME!r}): {self.mlflow_view}")
-        return out
-
-
-def trial_outcome(trial: Any, steps: int, completed: Collection[str] = ()) -> str:
-    """running / pending / finished / stopped_early / failed / unfinished, from Tune's status and the last result.
-
-    A trial ended when Tune completed it (`completed`: on_trial_complete in this session, for a trainable that
-    returned or a trial the scheduler stopped; or restored as ended, see ProgressCallback.ended) or marked its last
-    result `done`. A trial that an
-    interruption (Ctrl-C, a lost driver) cut off is TERMINATED without either, even after logging its final step,
-    and --resume runs it on: it is unfinished, neither finished nor stopped early."""
-    last = trial.last_result or {}
-    if trial.status == "ERROR" or last.get(FAILURE_KEY):
-        return "failed"
-    if trial.status in ("RUNNING", "PENDING", "PAUSED"):
-        return trial.status.lower() if trial.status != "PAUSED" else "pending"
-    if not (last.get("done") or trial.trial_id in completed):
-        return "unfinished"
-    if last.get(records.STEP, -1) >= steps - 1:
-        return "finished"
-    return "stopped_early"
-
-
-def failure_reason(trial: Any) -> str:
-    last = trial.last_result or {}
-    if last.get(FAILURE_KEY):
-        return str(last[FAILURE_KEY])
-    error_file = getattr(trial, "error_file", None)
-    if error_file and os.path.exists(error_file):
-        lines = [line for line in Path(error_file).read_text(encoding="utf-8").splitlines() if line.strip()]
-        return lines[-1][:300] if lines else "error"
-    return "error"
-
-
-def count_groups(trials: Sequence[Any], spec: SweepSpec, completed: Collection[str] = ()) -> dict[str, GroupCounts]:
-    groups = {group.key: GroupCounts() for group in spec.groups}
-    for trial in trials:
-        key = trial.config.get(GROUP_KEY)
-        if key not in groups:
-            continue
-        counts = groups[key]
-        outcome = trial_outcome(trial, spec.settings.steps, completed)
-        setattr(counts, outcome, getattr(counts, outcome) + 1)
-        best = trial.metric_analysis.get(records.VAL_ACC, {}).get("max") if hasattr(trial, "metric_analysis") else None
-        if best is not None and math.isfinite(best) and (counts.best_val_acc is None or best > counts.best_val_acc):
-            counts.best_val_acc = float(best)
-            counts.best_trial = trial.trial_id
-            counts.best_hparams = dict(trial.config.get("hparams", {}))
-    return groups
-
-
-def summarize(trials: Sequence[Any], spec: SweepSpec, experiment_dir: str, wall_time_s: float,
-              completed: Collection[str] = ()) -> SweepSummary:
-    groups = count_groups(trials, spec, completed)
-    outcomes = [trial_outcome(t, spec.settings.steps, completed) for t in trials]
-    never_started = spec.total_samples - len(trials)
-    return SweepSummary(
-        name=spec.name,
-        experiment_dir=experiment_dir,
-        trials=len(trials),
-        finished=outcomes.count("finished"),
-        stopped_early=outcomes.count("stopped_early"),
-        failed=outcomes.count("failed"),
-        unfinished=outcomes.count("running") + outcomes.count("pending") + outcomes.count("unfinished")
-        + max(never_started, 0),
-        steps_trained=sum(int((t.last_result or {}).get(STEPS_TRAINED, 0)) for t in trials),
-        steps_without_early_stopping=spec.total_samples * spec.settings.steps,
-        trial_compute_s=sum(float((t.last_result or {}).get("time_total_s", 0.0)) for t in trials),
-        wall_time_s=wall_time_s,
-        groups=groups,
-        failures={t.trial_id: failure_reason(t) for t, o in zip(trials, outcomes) if o == "failed"},
-    )
-
-
-def _tune_callback_base() -> type:
-    from ray.tune import Callback
-
-    return Callback
-
-
-class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
-    """Per group: trials running / finished / stopped early / failed and the best val_acc so far.
-
-    A Rich live table on a terminal, otherwise a line per group whenever the counts change (at most every few s).
-    """
-
-    def __init__(self, spec: SweepSpec, stream: TextIO | None = None, interval_s: float = 5.0):
-        self.spec = spec
-        self.stream = stream or sys.stdout
-        self.interval_s = interval_s
-        self.last_print = -math.inf  # the first update shows at once, whatever time.monotonic() counts from
-        self.last_state: Any = None
-        self.live: Any = None
-        self.trials: list[Any] = []
-        self.completed: set[str] = set()  # trials Tune completed in this session (returned or stopped)
-        self.restored_ended: set[str] | None = None  # trials already TERMINATED when this session's loop began
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Tune pickles its callbacks with the experiment: keep the settings, drop the terminal and the trials."""
-        return {"spec": self.spec, "interval_s": self.interval_s}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["spec"], None, state["interval_s"])  # type: ignore[misc]
-
-    def _table(self, groups: dict[str, GroupCounts]) -> Any:
-        from rich.table import Table
-
-        table = Table(title=f"sweep {self.spec.name}")
-        for column in ("group", "running", "finished", "stopped early", "failed", "best val_acc"):
-            table.add_column(column, justify="left" if column == "group" else "right")
-        for key, c in groups.items():
-            best = "-" if c.best_val_acc is None else f"{c.best_val_acc:.4f}"
-            table.add_row(key, str(c.running), str(c.finished), str(c.stopped_early), str(c.failed), best)
-        return table
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.completed.add(trial.trial_id)
-
-    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        if self.restored_ended is None:
-            self.restored_ended = {t.trial_id for t in trials if t.status == "TERMINATED"}
-
-    @property
-    def ended(self) -> set[str]:
-        """Trials known to have ended: completed in this session, or restored already TERMINATED by --resume.
-
-        Tune restores a trial that an interruption cut off as pending and runs it on, so one that comes back
-        TERMINATED had ended in an earlier session, even where the saved state lost the `done` of its last result
-        (Tune can snapshot that result before marking it)."""
-        return self.completed | (self.restored_ended or set())
-
-    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        self.trials = trials
-        now = time.monotonic()
-        if now - self.last_print < (1.0 if self.live is not None else self.interval_s):
-            return
-        self.show(trials)
-        self.last_print = now
-
-    def show(self, trials: Sequence[Any]) -> None:
-        groups = count_groups(trials, self.spec, self.ended)
-        if self.stream.isatty():
-            from rich.console import Console
-            from rich.live import Live
-
-            if self.live is None:
-                self.live = Live(self._table(groups), console=Console(file=self.stream), auto_refresh=False)
-                self.live.start()
-            self.live.update(self._table(groups), refresh=True)
-            return
-        state = {k: asdict(v) for k, v in groups.items()}
-        if state == self.last_state:
-            return
-        self.last_state = state
-        stamp = time.strftime("%H:%M:%S")
-        for key, c in groups.items():
-            best = "-" if c.best_val_acc is None else f"{c.best_val_acc:.4f}"
-            print(f"[{stamp}] {key}: {c.running} running, {c.finished} finished, {c.stopped_early} stopped early, "
-                  f"{c.failed} failed, best val_acc {best}", file=self.stream, flush=True)
-
-    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        self.trials = trials
-        self.show(trials)
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
-
-
-# What Tune's JSON and CSV loggers write per trial on the driver, and copy back from the storage when a trial starts again.
-TRIAL_LOG_FILES = ("result.json", "progress.csv")
-
-
-class KeepTrialLogsOnRetry(_tune_callback_base()):  # type: ignore[misc]
-    """Uploads a failed trial's log files to the sweep's storage before Tune retries it.
-
-    A trial that starts again from a checkpoint gets its result.json and progress.csv copied back from the
-    storage over the driver's copies, and the storage holds them only as of Tune's last background sync: the
-    records logged since (the checkpoint the retry resumes from among them) would vanish from result.json, and
-    with them from `fishr-tune analyze`. Must come after any callback that logs on on_trial_recover.
-    """
-
-    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        import pyarrow.fs
-
-        storage = trial.storage
-        try:
-            storage.storage_filesystem.create_dir(storage.trial_fs_path, recursive=True)
-            for name in TRIAL_LOG_FILES:
-                local = Path(trial.local_path, name)
-                if local.exists():
-                    pyarrow.fs.copy_files(local.as_posix(), f"{storage.trial_fs_path}/{name}",
-                                          destination_filesystem=storage.storage_filesystem)
-        except Exception as error:  # noqa: BLE001  (the retry must go on; at worst its log misses records)
-            print(f"warning: could not save the logs of trial {trial.trial_id} before its retry: {error}", file=sys.stderr)
 
 
 def experiment_dir(spec: SweepSpec) -> SweepLocation:
@@ -336,75 +71,6 @@ def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
-# Where the Ray cluster launcher (`ray up`) puts the cluster's YAML on the head node; Tune looks for it too.
-AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"
-
-
-def _slots_on(node: dict[str, float], spec: SweepSpec) -> int:
-    resources = spec.settings.resources
-    slots = int(node.get("CPU", 0.0) // resources.cpu)
-    if resources.gpu > 0:
-        slots = min(slots, int(node.get("GPU", 0.0) // resources.gpu))
-    return slots
-
-
-def autoscaling_slots(spec: SweepSpec, config_path: str = AUTOSCALING_CONFIG) -> int:
-    """Trials that fit on the largest cluster the autoscaler may build (0 when this is no autoscaling head):
-    a cluster that starts with no GPU worker must still see every trial it can run as demand, or it never grows."""
-    path = Path(config_path).expanduser()
-    try:
-        config = load_yaml(path) if path.exists() else None
-    except ConfigError:
-        return 0
-    if not isinstance(config, dict) or not isinstance(config.get("available_node_types"), dict):
-        return 0
-    global_max = int(config.get("max_workers", 0) or 0)
-    slots = 0
-    for name, node_type in config["available_node_types"].items():
-        if not isinstance(node_type, dict):
-            continue
-        count = 1 if name == config.get("head_node_type") else min(int(node_type.get("max_workers", global_max)), global_max)
-        slots += count * _slots_on(node_type.get("resources") or {}, spec)
-    return slots
-
-
-def trial_slots(spec: SweepSpec) -> int:
-    """How many trials fit on the cluster at once (or on the largest one its autoscaler may build)."""
-    import ray
-
-    cluster = ray.cluster_resources()
-    now = _slots_on({"CPU": cluster.get("CPU", 1.0), "GPU": cluster.get("GPU", 0.0)}, spec)
-    return max(1, now, autoscaling_slots(spec))
-
-
-PENDING_TRIALS_ENV = "TUNE_MAX_PENDING_TRIALS_PG"
-
-
-@contextmanager
-def trials_follow_the_cluster(spec: SweepSpec) -> Iterator[int]:
-    """No cap on trials in flight (Tune starts one wherever resources free up, also on nodes that join later),
-    and as many trials kept pending as fit on the cluster now or on the largest one its autoscaler may build:
-    Tune keeps only one pending for a custom searcher otherwise, so a cluster that starts empty would start (and
-    the autoscaler add nodes for) trials one at a time. Computed again by every run, --resume included; a
-    TUNE_MAX_PENDING_TRIALS_PG set by the user wins."""
-    previous = os.environ.get(PENDING_TRIALS_ENV)
-    pending = int(previous) if previous else trial_slots(spec)
-    os.environ[PENDING_TRIALS_ENV] = str(pending)
-    try:
-        yield pending
-    finally:
-        if previous is None:
-            os.environ.pop(PENDING_TRIALS_ENV, None)
-
-
-def check_ray_resources(spec: SweepSpec) -> None:
-    """On a running Ray (a cluster, or one a caller started) one trial must fit on a node it has or may launch."""
-    import ray
-
-    resources = spec.settings.resources
-    check_cluster_resources(resources.cpu, resources.gpu, ray.nodes(), autoscaling_slots(spec), spec.source)
-
-
 def build_datasets(spec: SweepSpec) -> dict[str, Any]:
     """Each (dataset, trial_seed, label_noise) built once, before Ray starts (a bad data_dir fails fast)."""
     from fishr_tune.data import get_dataset
@@ -426,6 +92,17 @@ def share_datasets(datasets: dict[str, Any]) -> dict[str, Any]:
     import ray
 
     return {key: ray.put(dataset) for key, dataset in datasets.items()}
+
+
+def _tuner_internals(tuner: Any) -> Any:
+    """The driver-side TunerInternal (private Ray API, bounded in pyproject.toml), or an error naming what moved."""
+    internal = getattr(tuner, "_local_tuner", None)
+    if internal is None or not hasattr(internal, "get_run_config") or not hasattr(internal, "_tune_config"):
+        import ray
+
+        raise RuntimeError(f"ray {ray.__version__}: Tuner._local_tuner (get_run_config, _tune_config) is not there; "
+                           "--resume needs it (see tests/test_private_apis.py)")
+    return internal
 
 
 def run_sweep(
@@ -484,9 +161,10 @@ def run_sweep(
             tuner = tune.Tuner.restore(location.uri, trainable=wrapped, resume_unfinished=True, resume_errored=True)
             # Tuner.restore brings back the first session's callbacks; this session's display (and any callbacks
             # the caller passes now) replace them. Tuner has no public setter for this in Ray 2.60.
-            tuner._local_tuner.get_run_config().callbacks = run_callbacks
+            internal = _tuner_internals(tuner)
+            internal.get_run_config().callbacks = run_callbacks
             # A sweep started before concurrency followed the cluster saved the cap it had then; drop it.
-            tuner._local_tuner._tune_config.max_concurrent_trials = None
+            internal._tune_config.max_concurrent_trials = None
         else:
             location.write_text(SPEC_FILE, yaml.safe_dump(_spec_snapshot(spec), sort_keys=False))
             searcher, scheduler = make_search(spec)

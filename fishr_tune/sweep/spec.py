@@ -11,7 +11,6 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
@@ -356,9 +355,10 @@ def build_spec(values: Any, source: str, flag_names: set[str] | None = None) -> 
         value = _parse_at(raw, f"{source}: key 'hyperparameters.{name}'")
         owners = [a for a in settings.algorithms if name in hparam_space(a, settings.dataset)]
         if not owners:
+            valid = sorted(set().union(*(hparam_space(a, settings.dataset) for a in settings.algorithms)))
             raise ConfigError(
                 f"{source}: key 'hyperparameters.{name}': unknown hyperparameter for {', '.join(settings.algorithms)} "
-                f"on {settings.dataset}; valid: {', '.join(sorted(set().union(*(hparam_space(a, settings.dataset) for a in settings.algorithms))))}"
+                f"on {settings.dataset}; valid: {', '.join(valid)}"
             )
         for algorithm in owners:
             _check_value(algorithm, settings.dataset, name, value, f"{source}: key 'hyperparameters.{name}'")

@@ -24,7 +24,7 @@ class SweepLocation:
     name: str
 
     @classmethod
-    def of(cls, storage_path: str, name: str) -> "SweepLocation":
+    def of(cls, storage_path: str, name: str) -> SweepLocation:
         root = storage_path.rstrip("/") if is_uri(storage_path) else str(Path(storage_path).expanduser().resolve())
         return cls(root, name)
 

@@ -98,7 +98,7 @@ def run_trial(
             if system is not None:
                 metrics.update(system.take())
             epsilon = run.get("inconsistency_epsilon")
-            if epsilon is not None and record[records.STEP] == trainer.config.steps - 1:
+            if epsilon is not None and record[records.STEP] == trainer.steps - 1:
                 metrics.update(final_inconsistency(trainer, float(epsilon)))
             with tempfile.TemporaryDirectory() as directory:
                 trainer.save_checkpoint(Path(directory) / CHECKPOINT_FILE)

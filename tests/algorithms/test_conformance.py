@@ -19,7 +19,7 @@ import torch
 
 from fishr_tune.algorithms import ALGORITHMS, Algorithm
 from fishr_tune.hparams import SMALL_IMAGES, Dist, HParam, default_hparams, hparam_space, random_hparams
-from fishr_tune.training import _rng_state, _set_rng_state, seed_everything
+from fishr_tune.training import rng_state, seed_everything, set_rng_state
 
 DATASET = "ColoredMNIST-IRM"
 INPUT_SHAPE = (2, 14, 14)
@@ -102,7 +102,7 @@ def assert_resumes_exactly(
     for batch in batches[:split]:
         uninterrupted.update(batch)
     buffer = io.BytesIO()
-    torch.save({"algorithm": uninterrupted.state_dict(), "rng": _rng_state()}, buffer)
+    torch.save({"algorithm": uninterrupted.state_dict(), "rng": rng_state()}, buffer)
     expected = [uninterrupted.update(batch) for batch in batches[split:]]
 
     # different initial weights: everything must come from the checkpoint
@@ -110,7 +110,7 @@ def assert_resumes_exactly(
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
     resumed.load_state_dict(state["algorithm"])
-    _set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
     assert resumed.update_count == split
     assert [resumed.update(batch) for batch in batches[split:]] == expected
     assert_same_tensors(tensors(resumed), tensors(uninterrupted))

@@ -13,7 +13,6 @@ from fishr_tune.hparams import default_hparams
 from fishr_tune.training import seed_everything
 
 
-
 def centred_sample(n: int = 64, d: int = 4, seed: int = 0) -> torch.Tensor:
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
     return x - x.mean(dim=0)
@@ -69,6 +68,7 @@ def test_training_with_a_large_weight_shrinks_the_penalty() -> None:
     seed_everything(0)
     algorithm = CORAL((2, 14, 14), 2, 2, hparams)
     generator = torch.Generator().manual_seed(3)
-    batches = [(torch.rand(32, 2, 14, 14, generator=generator) * scale, torch.randint(2, (32,), generator=generator)) for scale in (1.0, 3.0)]
+    batches = [(torch.rand(32, 2, 14, 14, generator=generator) * scale, torch.randint(2, (32,), generator=generator))
+               for scale in (1.0, 3.0)]
     penalties = [algorithm.update(batches)["penalty"] for _ in range(30)]
     assert penalties[-1] < 0.1 * penalties[0]

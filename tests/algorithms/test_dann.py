@@ -23,7 +23,8 @@ def build(cls: type[AbstractDANN], num_domains: int = 2, **overrides: object) ->
 
 def batches(num_domains: int = 2, n: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.rand(n, *INPUT_SHAPE, generator=generator) + 0.3 * i, torch.randint(2, (n,), generator=generator)) for i in range(num_domains)]
+    return [(torch.rand(n, *INPUT_SHAPE, generator=generator) + 0.3 * i, torch.randint(2, (n,), generator=generator))
+            for i in range(num_domains)]
 
 
 def param_snapshot(module: torch.nn.Module) -> list[torch.Tensor]:

@@ -6,7 +6,6 @@ on any CPU. Domain order: DomainBed's in-order loop by default, the Fish paper's
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

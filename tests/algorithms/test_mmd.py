@@ -13,7 +13,6 @@ from fishr_tune.hparams import default_hparams
 from fishr_tune.training import seed_everything
 
 
-
 def centred_sample(n: int = 64, d: int = 4, seed: int = 0) -> torch.Tensor:
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
     return x - x.mean(dim=0)

@@ -18,7 +18,7 @@ import yaml
 from ray.autoscaler._private.local.config import bootstrap_local
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from fishr_tune.sweep.runner import autoscaling_slots
+from fishr_tune.sweep.cluster import autoscaling_slots
 from fishr_tune.sweep.spec import build_spec
 
 CLUSTERS = Path(__file__).resolve().parents[2] / "clusters"
@@ -239,7 +239,8 @@ def test_launcher_keeps_a_given_address(monkeypatch: pytest.MonkeyPatch) -> None
 SPEC = {"name": "s", "dataset": "ColoredMNIST-IRM", "algorithms": ["ERM"], "scheduler": "none"}
 
 
-@pytest.mark.parametrize(("cpu", "gpu", "slots"), [(8, 1, 2 * 4 + 1 * 4), (1, 0.5, 8 * 2 + 2 * 2 + 2 * 8 + 1 * 8), (4, 1, 8 + 2 + 2 * 4 + 4)])
+@pytest.mark.parametrize(("cpu", "gpu", "slots"),
+                         [(8, 1, 2 * 4 + 1 * 4), (1, 0.5, 8 * 2 + 2 * 2 + 2 * 8 + 1 * 8), (4, 1, 8 + 2 + 2 * 4 + 4)])
 def test_autoscaling_slots_count_trials_on_the_largest_cluster(tmp_path: Path, cpu: float, gpu: float, slots: int) -> None:
     """aws.yaml: gpu1 types (4 CPU, 1 GPU) x 8 + 2, gpu4 types (48 CPU, 4 GPU) x 2 + 1; the head adds nothing."""
     config_file = tmp_path / "ray_bootstrap_config.yaml"

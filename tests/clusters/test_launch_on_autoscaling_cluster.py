@@ -153,7 +153,7 @@ def fake_cluster(make_config: Any) -> Iterator[dict[str, Any]]:
                 break
             except OSError:
                 if time.monotonic() > deadline or head.poll() is not None:
-                    raise RuntimeError("the fake cluster's head did not start")
+                    raise RuntimeError("the fake cluster's head did not start") from None
                 time.sleep(1)
         yield {"address": address, "env": env, "scratch": scratch, "config_file": config_file}
     finally:
@@ -163,7 +163,7 @@ def fake_cluster(make_config: Any) -> Iterator[dict[str, Any]]:
 
 def alive_nodes(address: str, env: dict[str, str]) -> list[dict[str, Any]]:
     """ray.nodes() of the cluster, asked from a separate driver (this test process never joins the cluster)."""
-    script = "import json, ray; ray.init(address=%r, log_to_driver=False); print(json.dumps(ray.nodes()))" % address
+    script = f"import json, ray; ray.init(address={address!r}, log_to_driver=False); print(json.dumps(ray.nodes()))"
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return [node for node in json.loads(done.stdout.strip().splitlines()[-1]) if node["Alive"]]

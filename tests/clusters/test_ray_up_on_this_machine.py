@@ -183,7 +183,7 @@ def scenario(scratch: Path) -> dict[str, Any]:
         timed("ray_up_s", *ray, "up", "-y", "--no-config-cache", str(config_file), timeout=2400)
         tracking = f"http://127.0.0.1:{mlflow_port}"
         timed("ray_submit_s", *ray, "submit", "--tmux", str(config_file), "clusters/launch_sweep.py",
-              "search_spaces/quickstart.yaml", "--name", SWEEP, "--num-samples", "1", "--steps", "300",  # quickstart ASHA: grace 200 < steps
+              "search_spaces/quickstart.yaml", "--name", SWEEP, "--num-samples", "1", "--steps", "300",  # ASHA grace 200 < steps
               "--storage-path", str(SHARED / "sweeps"), "--tracking-uri", tracking)
         summary_file = shared / "sweeps" / SWEEP / "sweep_summary.json"
         begin, deadline = time.monotonic(), time.monotonic() + 1500

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from fishr_tune.data import download
+from fishr_tune.data.catalog import IMAGE_DATASETS, ImageDatasetInfo
 from fishr_tune.data.download import check_data_dir, download_dataset, http_fetch
-from fishr_tune.data.images import IMAGE_DATASETS, ImageDatasetInfo, write_synthetic_dataset
+from fishr_tune.data.synthetic import write_synthetic_dataset
 from fishr_tune.errors import ConfigError
 
 

@@ -10,17 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fishr_tune.data import DATASET_ENVIRONMENTS, get_dataset, holdout_split
-from fishr_tune.data import images as images_module
-from fishr_tune.data.images import (
-    IMAGE_DATASETS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    evaluation_transform,
-    normalize,
-    training_transform,
-    write_synthetic_dataset,
-)
+from fishr_tune.data import DATASET_ENVIRONMENTS, get_dataset, holdout_split, image_index
+from fishr_tune.data.catalog import IMAGE_DATASETS
+from fishr_tune.data.synthetic import write_synthetic_dataset
+from fishr_tune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, evaluation_transform, normalize, training_transform
 from fishr_tune.errors import ConfigError
 
 # Created in this (unsorted) order: labels must follow the sorted order, as torchvision's ImageFolder.
@@ -65,7 +58,7 @@ def test_domainbed_folder_names(tmp_path: Path) -> None:
 
 
 def test_in_out_splits_are_domainbeds(tmp_path: Path) -> None:
-    from fishr_tune.training import make_config, Trainer
+    from fishr_tune.training import Trainer, make_config
 
     write_synthetic_dataset("PACS", tmp_path, classes=CLASSES, images_per_class=5, size=(12, 10))
     config = make_config(dict(dataset="PACS", test_envs=[0], data_dir=str(tmp_path), device="cpu", num_workers=0, trial_seed=3,
@@ -112,7 +105,8 @@ def pacs(tmp_path: Path) -> Path:
     [
         (lambda root: _rmtree(root / "cartoon" / "apple"), r"class folder\(s\) 'apple' missing from environment folder .*cartoon"),
         (lambda root: [_rmtree(p) for p in (root / "photo").iterdir()], r"environment folder .*photo is empty"),
-        (lambda root: (root / "sketch" / "stray.jpg").write_bytes(b"x"), r"stray image 'stray.jpg' directly in environment folder .*sketch"),
+        (lambda root: (root / "sketch" / "stray.jpg").write_bytes(b"x"),
+         r"stray image 'stray.jpg' directly in environment folder .*sketch"),
         (lambda root: _rmtree(root / "art_painting"), r"environment folder\(s\) 'art_painting' missing from .*PACS"),
         (lambda root: (root / "extra").mkdir(), r"unexpected folder .*PACS/extra"),
         (lambda root: [p.unlink() for p in (root / "photo" / "zebra").iterdir()], r"class folder .*photo/zebra holds no images"),
@@ -148,8 +142,8 @@ def test_non_image_files_are_ignored_like_imagefolder(tmp_path: Path) -> None:
 def test_file_index_is_cached_until_a_folder_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = pacs(tmp_path)
     scans = []
-    real = images_module.list_environment
-    monkeypatch.setattr(images_module, "list_environment", lambda path: scans.append(path) or real(path))
+    real = image_index.list_environment
+    monkeypatch.setattr(image_index, "list_environment", lambda path: scans.append(path) or real(path))
     first = get_dataset("PACS", data_dir=str(tmp_path))
     assert len(scans) == 4
     second = get_dataset("PACS", data_dir=str(tmp_path))
@@ -173,15 +167,13 @@ def _rmtree(path: Path) -> None:
 def test_a_tampered_listing_cache_is_ignored_and_the_folders_listed_again(tmp_path, monkeypatch) -> None:
     import json
 
-    from fishr_tune.data import images
-
     monkeypatch.setenv("FISHR_TUNE_CACHE", str(tmp_path / "cache"))
-    root = images.write_synthetic_dataset("PACS", tmp_path / "data", classes=("a",), images_per_class=1, size=(8, 8))
-    listings = images.scan_dataset(images.IMAGE_DATASETS["PACS"], root)
-    images.write_index(root, listings)
-    assert images.read_index(root) == listings
-    cache = images.index_file(root)
+    root = write_synthetic_dataset("PACS", tmp_path / "data", classes=("a",), images_per_class=1, size=(8, 8))
+    listings = image_index.scan_dataset(IMAGE_DATASETS["PACS"], root)
+    image_index.write_index(root, listings)
+    assert image_index.read_index(root) == listings
+    cache = image_index.index_file(root)
     data = json.loads(cache.read_text())
     data["environments"]["art_painting"]["files"]["a"] = ["../../../../../etc/hostname"]
     cache.write_text(json.dumps(data))
-    assert images.read_index(root) is None
+    assert image_index.read_index(root) is None

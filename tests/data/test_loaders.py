@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fishr_tune.data import get_dataset, holdout_split
-from fishr_tune.data.images import write_synthetic_dataset
 from fishr_tune.data.loaders import DomainBatchSampler, FileBackedSplits
+from fishr_tune.data.synthetic import write_synthetic_dataset
 
 HPARAMS = {"batch_size": 3, "image_size": 32, "data_augmentation": True}
 
@@ -86,7 +86,7 @@ def test_without_augmentation_training_batches_use_the_evaluation_transform(vlcs
     data = splits(vlcs, hparams={**HPARAMS, "data_augmentation": False})
     x, y = data.minibatches()[0]
     index = data.batch_sampler.batch(0)[0][0]
-    from fishr_tune.data.images import evaluation_transform, normalize
+    from fishr_tune.data.transforms import evaluation_transform, normalize
 
     expected = normalize(evaluation_transform(32)(data.train_data.load(index)).unsqueeze(0))[0]
     assert torch.equal(x[0], expected)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fishr_tune.data import DATASET_ENVIRONMENTS
-from fishr_tune.data.images import IMAGE_DATASETS
+from fishr_tune.data.catalog import IMAGE_DATASETS
 from fishr_tune.hparams import hparam_space
 from fishr_tune.sweep.spec import Distribution, load_spec
 
@@ -41,7 +41,7 @@ def test_an_image_search_space_starts_on_a_miniature(local_ray, tmp_path) -> Non
 
     import yaml
 
-    from fishr_tune.data.images import write_synthetic_dataset
+    from fishr_tune.data.synthetic import write_synthetic_dataset
     from fishr_tune.sweep.runner import run_sweep
     from fishr_tune.sweep.spec import build_spec
 
@@ -65,7 +65,7 @@ def test_every_image_search_space_starts_training(dataset: str, algorithm: str, 
     import math
 
     from fishr_tune.data import get_dataset
-    from fishr_tune.data.images import write_synthetic_dataset
+    from fishr_tune.data.synthetic import write_synthetic_dataset
     from fishr_tune.sweep.search import make_search
     from fishr_tune.sweep.trainable import trial_train_config
     from fishr_tune.training import Trainer

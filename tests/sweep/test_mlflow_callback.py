@@ -24,11 +24,21 @@ from fishr_tune import records
 from fishr_tune.cli import main
 from fishr_tune.data import get_dataset
 from fishr_tune.sweep.mlflow_callback import (
-    ACCURACY_PLOT, BEST_VAL_ACC, BEST_VAL_STEP, DESCRIPTION_TAG, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowCallback,
-    SELECTED_RUN_TAG, VIEW_ID, VIEW_NAME, VIEW_TAG_PREFIX, finish_sweep_run,
+    ACCURACY_PLOT,
+    BEST_VAL_ACC,
+    BEST_VAL_STEP,
+    DESCRIPTION_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    SELECTED_RUN_TAG,
+    VIEW_ID,
+    VIEW_NAME,
+    VIEW_TAG_PREFIX,
+    MlflowCallback,
+    finish_sweep_run,
 )
 from fishr_tune.sweep.mlflow_inputs import split_entities
-from fishr_tune.sweep.runner import GroupCounts, SweepSummary
+from fishr_tune.sweep.outcomes import GroupCounts, SweepSummary
 from fishr_tune.sweep.search import GROUP_KEY
 from fishr_tune.sweep.spec import build_spec
 from fishr_tune.sweep.trainable import STEPS_TRAINED, dataset_key, trial_train_config

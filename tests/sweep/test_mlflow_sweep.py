@@ -70,7 +70,8 @@ def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_r
     summary = run_sweep(load_spec(source), stream=open(os.devnull, "w"))
     assert summary.mlflow_pending == 0 and summary.finished == 4
     experiment_id = MlflowClient(mlflow_server.uri).get_experiment_by_name("mirror").experiment_id
-    assert summary.mlflow_view == f"{mlflow_server.uri}/#/experiments/{experiment_id}/runs?viewStateShareKey=fishr-tune-trials&workflowType=machine_learning"
+    assert summary.mlflow_view == (f"{mlflow_server.uri}/#/experiments/{experiment_id}/runs"
+                                   "?viewStateShareKey=fishr-tune-trials&workflowType=machine_learning")
     assert any(summary.mlflow_view in line for line in summary.lines())
     children = assert_mirrors_ray(mlflow_server.uri, "mirror", Path(summary.experiment_dir))
     client = MlflowClient(mlflow_server.uri)

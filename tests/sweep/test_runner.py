@@ -98,7 +98,7 @@ def test_crashed_trials_resume_from_their_checkpoint_and_divergence_fails_one_tr
     assert len(results) == 2
     # Every trial crashed once (two attempts) ...
     assert sorted(len(p.read_text().splitlines()) for p in local_ray.glob("*.attempts")) == [2, 2]
-    for trial_id, rows in results.items():
+    for rows in results.values():
         steps = [row[records.STEP] for row in rows]
         # ... and continued where its checkpoint stopped: no step trained twice, the retry starting at 41 (not 0).
         assert steps == sorted(set(steps)), steps
@@ -438,7 +438,7 @@ def two_node_cluster() -> Iterator[dict[str, Any]]:
                 break
             except OSError:
                 if time.monotonic() > deadline or head.poll() is not None:
-                    raise RuntimeError("the head node did not start")
+                    raise RuntimeError("the head node did not start") from None
                 time.sleep(1)
         worker = start_node(["--address", address, "--node-ip-address", "127.0.0.1",
                              "--temp-dir", str(scratch / "worker")], {**env, "RAY_TMPDIR": str(scratch / "worker")})
@@ -565,7 +565,7 @@ def display_lines(stream: Any) -> list[str]:
 def test_progress_display_counts_each_group_and_its_best_val_acc() -> None:
     import io
 
-    from fishr_tune.sweep.runner import ProgressCallback
+    from fishr_tune.sweep.progress import ProgressCallback
 
     spec = build_spec({**copy.deepcopy(BASE), "algorithms": ["ERM", "Fishr"], "steps": 120, "name": "progress"}, "test.yaml")
     stream = io.StringIO()
@@ -594,7 +594,7 @@ def test_progress_display_counts_each_group_and_its_best_val_acc() -> None:
 def test_summary_counts_trials_an_interruption_cut_off_as_unfinished() -> None:
     """A trial that Ctrl-C ended is TERMINATED without Tune's done mark, even after its final record: --resume runs
     it on, so it is neither finished nor stopped early; nor is a trial that never started."""
-    from fishr_tune.sweep.runner import summarize
+    from fishr_tune.sweep.outcomes import summarize
 
     spec = build_spec({**copy.deepcopy(BASE), "steps": 120, "name": "cut", "search": {"num_samples": 6}}, "t.yaml")
     erm = "ERM/te2/ts0"
@@ -615,7 +615,8 @@ def test_summary_counts_trials_an_interruption_cut_off_as_unfinished() -> None:
 def test_resumed_summary_counts_trials_that_ended_in_an_earlier_session() -> None:
     """On --resume, Tune restores a trial that had ended as TERMINATED and never starts it again, sometimes with a
     last result saved before its `done` mark (seen in CI): it still ended. A trial cut off in this session did not."""
-    from fishr_tune.sweep.runner import ProgressCallback, summarize
+    from fishr_tune.sweep.outcomes import summarize
+    from fishr_tune.sweep.progress import ProgressCallback
 
     spec = build_spec({**copy.deepcopy(BASE), "steps": 120, "name": "resumed", "search": {"num_samples": 5}}, "t.yaml")
     erm = "ERM/te2/ts0"
@@ -640,7 +641,7 @@ def test_resumed_summary_counts_trials_that_ended_in_an_earlier_session() -> Non
 def test_progress_display_on_a_terminal_is_a_table() -> None:
     import io
 
-    from fishr_tune.sweep.runner import ProgressCallback
+    from fishr_tune.sweep.progress import ProgressCallback
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
