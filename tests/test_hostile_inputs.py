@@ -154,7 +154,7 @@ def case(name: str, warnings_allowed: bool = False) -> Callable[[Case], Case]:
 
 @case("data check: an invalid PACS layout")
 def _(tmp: Path):
-    from fishr_tune.data.images import write_synthetic_dataset
+    from fishr_tune.data.synthetic import write_synthetic_dataset
 
     root = write_synthetic_dataset("PACS", tmp / "data", classes=("a", "b"), images_per_class=1, size=(8, 8))
     (root / "photo" / "b").rename(tmp / "moved")  # one environment lacks a class: the folder would not load
@@ -390,7 +390,7 @@ def test_each_command_refuses_through_the_real_entry_point(name: str, tmp_path: 
 
 
 def test_data_check_still_exits_0_on_an_incomplete_but_loadable_dataset(tmp_path: Path) -> None:
-    from fishr_tune.data.images import write_synthetic_dataset
+    from fishr_tune.data.synthetic import write_synthetic_dataset
 
     write_synthetic_dataset("PACS", tmp_path, classes=("a", "b"), images_per_class=1, size=(8, 8))
     outcome = run_in_process(["data", "check", "--data-dir", str(tmp_path), "--dataset", "PACS"])
