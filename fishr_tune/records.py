@@ -25,6 +25,9 @@ STEP_TIME = "step_time"
 HPARAMS = "hparams"
 ARGS = "args"
 VAL_ACC = "val_acc"
+# Training-domain validation loss (mean over the training envs' out splits): a sweep reports it beside val_acc; the
+# early-stopping scheduler breaks val_acc's ties with it (sweep/search.py), selection never reads it.
+VAL_NLL = "val_nll"
 # MLflow tag on a sweep's parent run: {algorithm: {hparam: distribution kind}}, so plots draw each axis as searched.
 SPACE_TAG = "fishr_tune.space"
 SPLITS = ("in", "out")

@@ -30,7 +30,7 @@ from fishr_tune.tracking import MlflowJournal
 
 SWEEP_KEY = "sweep"
 JOURNAL_DIR = "mlflow"
-METRIC_NAMES = (records.VAL_ACC, records.LOSS, records.NLL, records.PENALTY, records.STEP_TIME)
+METRIC_NAMES = (records.VAL_ACC, records.VAL_NLL, records.LOSS, records.NLL, records.PENALTY, records.STEP_TIME)
 FLUSH_INTERVAL_S = 2.0
 # The trial's args (seed, steps, label_noise, ...) as its first record held them, plus the sweep's data_dir:
 # what `fishr-tune analyze --best-config` needs to write a config that reruns the trial.
