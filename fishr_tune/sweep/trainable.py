@@ -82,9 +82,10 @@ def validation_nll(trainer: Trainer) -> float | None:
                     logits = trainer.algorithm.predict(x[start : start + EVAL_BATCH_SIZE]).float()
                     target = y[start : start + EVAL_BATCH_SIZE]
                     if logits.shape[1] == 1:
-                        total += float(F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), reduction="sum"))
+                        loss = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), reduction="sum")
                     else:
-                        total += float(F.cross_entropy(logits, target, reduction="sum"))
+                        loss = F.cross_entropy(logits, target, reduction="sum")
+                    total += float(loss)
                 losses.append(total / len(y))
     finally:
         trainer.algorithm.train()

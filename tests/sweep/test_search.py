@@ -316,7 +316,8 @@ def test_asha_breaks_a_val_acc_tie_by_the_score_and_falls_back_to_val_acc_withou
     (asha,) = scheduler.schedulers.values()
     assert asha._metric == SCHEDULER_METRIC
     # a lower val_acc is stopped whatever its loss: accuracy first
-    scheduler.on_trial_result(None, add(scheduler, "a", STRONG), result(tied, 25, **{SCHEDULER_METRIC: scheduler_score(tied, 5.0, resolution)}))
-    lower = tied - resolution
-    assert scheduler.on_trial_result(None, add(scheduler, "b", STRONG),
-                                     result(lower, 25, **{SCHEDULER_METRIC: scheduler_score(lower, 0.0, resolution)})) == "STOP"
+    def scored(val_acc: float, nll: float) -> dict[str, Any]:
+        return result(val_acc, 25, **{SCHEDULER_METRIC: scheduler_score(val_acc, nll, resolution)})
+
+    scheduler.on_trial_result(None, add(scheduler, "a", STRONG), scored(tied, 5.0))
+    assert scheduler.on_trial_result(None, add(scheduler, "b", STRONG), scored(tied - resolution, 0.0)) == "STOP"
