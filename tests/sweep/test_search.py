@@ -321,3 +321,10 @@ def test_asha_breaks_a_val_acc_tie_by_the_score_and_falls_back_to_val_acc_withou
 
     scheduler.on_trial_result(None, add(scheduler, "a", STRONG), scored(tied, 5.0))
     assert scheduler.on_trial_result(None, add(scheduler, "b", STRONG), scored(tied - resolution, 0.0)) == "STOP"
+
+
+def test_a_result_without_the_score_is_ranked_by_val_acc() -> None:
+    """E.g. a trial of a sweep started before the score existed, resumed: ASHA still decides, by val_acc."""
+    scheduler = GroupScheduler([STRONG.key], max_t=600, grace_period=25, reduction_factor=4)
+    assert scheduler.on_trial_result(None, add(scheduler, "a", STRONG), result(0.87, 25)) == "CONTINUE"
+    assert scheduler.on_trial_result(None, add(scheduler, "b", STRONG), result(0.50, 25)) == "STOP"
