@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import pickle
-from functools import reduce
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 import optuna
