@@ -31,6 +31,9 @@ VAL_ACC = "val_acc"
 # A sweep trial's last record, when the sweep asks for it: fishr_tune.inconsistency's score and its diagonal version.
 INCONSISTENCY = "inconsistency"
 INCONSISTENCY_DIAGONAL = "inconsistency_diagonal"
+# Training-domain validation loss (mean over the training envs' out splits): a sweep reports it beside val_acc; the
+# early-stopping scheduler breaks val_acc's ties with it (sweep/search.py), selection never reads it.
+VAL_NLL = "val_nll"
 # MLflow tag on a sweep's parent run: {algorithm: {hparam: distribution kind}}, so plots draw each axis as searched.
 SPACE_TAG = "fishr_tune.space"
 VIEW_NAME = "Trials by best validation"  # the saved MLflow view of a sweep's trials ranked by best_val_acc

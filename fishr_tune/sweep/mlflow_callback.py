@@ -31,8 +31,8 @@ from fishr_tune.tracking import MlflowJournal
 SWEEP_KEY = "sweep"
 JOURNAL_DIR = "mlflow"
 VIEW_NAME = records.VIEW_NAME
-METRIC_NAMES = (records.VAL_ACC, records.LOSS, records.NLL, records.PENALTY, records.STEP_TIME, records.INCONSISTENCY,
-                records.INCONSISTENCY_DIAGONAL)
+METRIC_NAMES = (records.VAL_ACC, records.VAL_NLL, records.LOSS, records.NLL, records.PENALTY, records.STEP_TIME,
+                records.INCONSISTENCY, records.INCONSISTENCY_DIAGONAL)
 FLUSH_INTERVAL_S = 2.0
 # The trial's args (seed, steps, label_noise, ...) as its first record held them, plus the sweep's data_dir:
 # what `fishr-tune analyze --best-config` needs to write a config that reruns the trial.

@@ -12,6 +12,7 @@ import math
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -32,6 +33,36 @@ MODE = "max"
 TIME_ATTR = records.STEP
 GROUP_KEY = "group"
 FAILURE_KEY = "failure"  # a trial's last result carries it when training diverged (NaN/inf loss)
+# What ASHA compares: val_acc with ties broken by the validation loss (scheduler_score). Search and selection keep
+# val_acc itself.
+SCHEDULER_METRIC = "scheduler_score"
+# Below this the tie-break would sink into float64 rounding of val_acc (~1e-16): then the score is val_acc itself.
+MIN_TIE_BREAK_RESOLUTION = 1e-12
+
+
+def accuracy_resolution(sizes: Sequence[int]) -> float:
+    """The smallest non-zero difference two val_acc values can have, given the training envs' out-split sizes.
+
+    val_acc is the mean over k envs of correct_i / n_i = (sum_i correct_i * L / n_i) / (k * L), L = lcm(n_i): an
+    integer over k * L, so two different values differ by at least 1 / (k * L). 0.0 where a split is empty.
+    """
+    if not sizes or any(int(n) <= 0 for n in sizes):
+        return 0.0
+    return 1.0 / (len(sizes) * reduce(math.lcm, (int(n) for n in sizes)))
+
+
+def scheduler_score(val_acc: float, val_nll: float | None, resolution: float) -> float:
+    """val_acc plus a tie-break below half its resolution that falls as the validation loss rises.
+
+    Lexicographic in (val_acc, -val_nll): different accuracies keep their order (they differ by >= resolution,
+    the tie-break adds < resolution / 2), equal ones are ordered by loss. ASHA stops a trial only when its value is
+    strictly below the rung's quantile, so without the tie-break the many equal accuracies of a small validation
+    set all pass; with it they are ranked. No usable loss or resolution: val_acc unchanged.
+    """
+    if (val_nll is None or not math.isfinite(val_nll) or not math.isfinite(val_acc)
+            or resolution < MIN_TIE_BREAK_RESOLUTION):
+        return val_acc
+    return val_acc + 0.5 * resolution / (1.0 + max(val_nll, 0.0))
 
 
 @dataclass(frozen=True)
@@ -164,8 +195,20 @@ class GroupSearcher(Searcher):
             self.__dict__.update(pickle.load(handle))  # our own checkpoint, written by save() above
 
 
+def _scored(result: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The result with SCHEDULER_METRIC present: val_acc itself where the trial did not report one (an older sweep
+    resumed, a failure record), so ASHA never skips a decision for want of the key."""
+    if SCHEDULER_METRIC in result or METRIC not in result:
+        return result
+    return {**result, SCHEDULER_METRIC: result[METRIC]}
+
+
 class GroupScheduler(FIFOScheduler):
-    """One ASHA per group (or none): a trial's results are only ever compared with its own group's trials."""
+    """One ASHA per group (or none): a trial's results are only ever compared with its own group's trials.
+
+    Each ASHA ranks by SCHEDULER_METRIC (val_acc, ties broken by validation loss); Tune's and the searcher's metric
+    stays val_acc.
+    """
 
     def __init__(self, group_keys: Sequence[str], max_t: int, grace_period: int | None = None,
                  reduction_factor: float = 4.0, brackets: int = 1, stop_last_trials: bool = True):
@@ -176,7 +219,7 @@ class GroupScheduler(FIFOScheduler):
         if self.early_stopping:
             for key in group_keys:
                 self.schedulers[key] = ASHAScheduler(
-                    time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=max_t,
+                    time_attr=TIME_ATTR, metric=SCHEDULER_METRIC, mode=MODE, max_t=max_t,
                     grace_period=grace_period, reduction_factor=reduction_factor,
                     brackets=brackets, stop_last_trials=stop_last_trials,
                 )
@@ -205,7 +248,7 @@ class GroupScheduler(FIFOScheduler):
         scheduler = self._scheduler(tune_controller, trial)
         if scheduler is None:
             return TrialScheduler.CONTINUE
-        action = scheduler.on_trial_result(tune_controller, trial, result)
+        action = scheduler.on_trial_result(tune_controller, trial, _scored(result))
         if action == TrialScheduler.STOP and result.get(TIME_ATTR, 0) < scheduler._max_t - 1:
             self.stopped_early.add(trial.trial_id)
         return action
@@ -213,7 +256,7 @@ class GroupScheduler(FIFOScheduler):
     def on_trial_complete(self, tune_controller: TuneController, trial: Trial, result: dict) -> None:
         scheduler = self._scheduler(tune_controller, trial)
         if scheduler is not None and not _failed(result):
-            scheduler.on_trial_complete(tune_controller, trial, result)
+            scheduler.on_trial_complete(tune_controller, trial, _scored(result))
         elif scheduler is not None:
             scheduler.on_trial_remove(tune_controller, trial)
 

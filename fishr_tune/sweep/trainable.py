@@ -14,12 +14,13 @@ from typing import Any
 
 import ray
 import torch
+import torch.nn.functional as F
 from ray import tune
 
 from fishr_tune import records
 from fishr_tune.data import MultiDomainDataset
-from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY
-from fishr_tune.training import CHECKPOINT_FILE, NonFiniteLossError, TrainConfig, Trainer
+from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY, SCHEDULER_METRIC, accuracy_resolution, scheduler_score
+from fishr_tune.training import CHECKPOINT_FILE, EVAL_BATCH_SIZE, NonFiniteLossError, TrainConfig, Trainer
 
 STEPS_TRAINED = "steps_trained"
 NODE_ID = "node_id"
@@ -72,6 +73,46 @@ def final_inconsistency(trainer: Trainer, epsilon: float) -> dict[str, float]:
     return {records.INCONSISTENCY: report.inconsistency, records.INCONSISTENCY_DIAGONAL: report.inconsistency_diagonal}
 
 
+def validation_nll(trainer: Trainer) -> float | None:
+    """Mean over the training envs of the mean loss on their out split (cross-entropy; a single logit: binary).
+
+    None for file-backed image data: that would be a second pass over its validation images.
+    """
+    if trainer.file_splits is not None:
+        return None
+    losses = []
+    trainer.algorithm.eval()
+    try:
+        with torch.no_grad():
+            for env in trainer.train_envs:
+                x, y = trainer.splits[env]["out"]
+                if len(y) == 0:
+                    return None
+                total = 0.0
+                for start in range(0, len(y), EVAL_BATCH_SIZE):
+                    logits = trainer.algorithm.predict(x[start : start + EVAL_BATCH_SIZE]).float()
+                    target = y[start : start + EVAL_BATCH_SIZE]
+                    if logits.shape[1] == 1:
+                        loss = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), reduction="sum")
+                    else:
+                        loss = F.cross_entropy(logits, target, reduction="sum")
+                    total += float(loss)
+                losses.append(total / len(y))
+    finally:
+        trainer.algorithm.train()
+    return sum(losses) / len(losses)
+
+
+def scheduler_metrics(trainer: Trainer, record: Mapping[str, Any]) -> dict[str, Any]:
+    """VAL_NLL and the score ASHA ranks by (val_acc with ties broken by that loss), for the record just taken."""
+    nll = validation_nll(trainer)
+    resolution = accuracy_resolution([trainer.split_size(env, "out") for env in trainer.train_envs])
+    metrics: dict[str, Any] = {SCHEDULER_METRIC: scheduler_score(record[records.VAL_ACC], nll, resolution)}
+    if nll is not None:
+        metrics[records.VAL_NLL] = nll
+    return metrics
+
+
 def run_trial(
     config: dict[str, Any],
     dataset_refs: Mapping[str, Any],
@@ -95,6 +136,7 @@ def run_trial(
     try:
         for record in trainer.records():
             metrics = tune_metrics(record, config[GROUP_KEY], trainer.step, start_step)
+            metrics.update(scheduler_metrics(trainer, record))
             if system is not None:
                 metrics.update(system.take())
             epsilon = run.get("inconsistency_epsilon")
