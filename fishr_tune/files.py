@@ -21,6 +21,22 @@ def path_problem(text: str) -> str | None:
     return None
 
 
+def usable_path(value: str | None) -> str | None:
+    """The body of a settings model's path validator: a path os calls can never take is a ValueError."""
+    problem = path_problem(value) if value is not None else None
+    if problem:
+        raise ValueError(f"not a usable path: {problem}")
+    return value
+
+
+def nearest_existing_ancestor(path: Path) -> Path:
+    """The folder that creating `path` (and its missing parents) would write into."""
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return ancestor
+
+
 def check_can_create(path: str | os.PathLike[str], where: str, directory: bool = False) -> None:
     """Before any work: `path` must be creatable (or replaceable) as a file, or as a directory with `directory`.
 
@@ -41,9 +57,7 @@ def check_can_create(path: str | os.PathLike[str], where: str, directory: bool =
         if not os.access(path if directory else path.parent, os.W_OK | os.X_OK):
             raise ConfigError(f"{where}: {path} is not writable")
         return
-    ancestor = path.absolute().parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = nearest_existing_ancestor(path)
     if not ancestor.is_dir():
         raise ConfigError(f"{where}: cannot create {path}: {ancestor} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):

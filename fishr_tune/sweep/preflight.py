@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from fishr_tune.errors import ConfigError, quote
-from fishr_tune.files import path_problem
+from fishr_tune.files import nearest_existing_ancestor, path_problem
 
 # The schemes MLflow 3 registers for tracking stores (mlflow/tracking/_tracking_service/utils.py), plus
 # whatever plugins register under the "mlflow.tracking_store" entry point. "" is a plain local path.
@@ -55,9 +55,7 @@ def check_tracking_uri(uri: str, where: str, local_files: bool = True) -> None:
 
 def _check_writable_parent(path: Path, where: str, what: str) -> None:
     """The nearest existing ancestor of `path` must be a directory we can write into (it may create the rest)."""
-    ancestor = path.absolute().parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = nearest_existing_ancestor(path)
     if not ancestor.is_dir():
         raise ConfigError(f"{where}: {what} {ancestor} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):

@@ -44,12 +44,9 @@ class TrainConfig(BaseModel):
     @field_validator("data_dir", "output_dir")
     @classmethod
     def _usable_path(cls, value: str | None) -> str | None:
-        from fishr_tune.files import path_problem
+        from fishr_tune.files import usable_path
 
-        problem = path_problem(value) if value is not None else None
-        if problem:
-            raise ValueError(f"not a usable path: {problem}")
-        return value
+        return usable_path(value)
 
     @field_validator("device")
     @classmethod
