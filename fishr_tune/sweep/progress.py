@@ -54,6 +54,9 @@ class ProgressCallback(Callback):  # type: ignore[misc]
         self.completed.add(trial.trial_id)
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        self._note_restored(trials)
+
+    def _note_restored(self, trials: Sequence[Any]) -> None:
         if self.restored_ended is None:
             self.restored_ended = {t.trial_id for t in trials if t.status == "TERMINATED"}
 
@@ -96,6 +99,7 @@ class ProgressCallback(Callback):  # type: ignore[misc]
                   f"{c.failed} failed, best val_acc {best}", file=self.stream, flush=True)
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self._note_restored(trials)  # a resume of a sweep whose trials had all ended never steps: all are restored
         self.trials = trials
         self.show(trials)
         if self.live is not None:

@@ -640,6 +640,11 @@ def test_resumed_summary_counts_trials_that_ended_in_an_earlier_session() -> Non
     progress.on_step_end(2, now)
     summary = summarize(progress.trials, spec, "/x", 1.0, progress.ended)
     assert (summary.finished, summary.stopped_early, summary.failed, summary.unfinished) == (2, 1, 0, 2)
+    # Resuming a sweep whose trials had all ended: Tune's loop never steps, the experiment just ends (seen in CI)
+    idle = ProgressCallback(spec, io.StringIO(), interval_s=3600.0)
+    idle.on_experiment_end(restored[:2])
+    summary = summarize(idle.trials, spec, "/x", 1.0, idle.ended)
+    assert (summary.finished, summary.stopped_early, summary.unfinished) == (1, 1, 3)  # 3 samples never started
 
 
 def test_progress_display_on_a_terminal_is_a_table() -> None:
