@@ -141,7 +141,8 @@ def at_least(low: float, high: float = math.inf) -> Domain:
 
 BATCH_SIZE = at_least(1, 65536)  # per domain; beyond this no accelerator holds the batch
 WIDTH = at_least(1, 65536)  # layer widths
-STEPS = at_least(0, 10**9)  # step counts (anneal iterations)
+MAX_STEPS = 10**9  # DomainBed trains 5,001 steps; a billion is a typo (or a YAML duplicate) and would never end
+STEPS = at_least(0, MAX_STEPS)  # step counts (anneal iterations)
 SWITCH = one_of(False, True)
 TEXT = Domain(text=True)
 

@@ -19,12 +19,12 @@ from fishr_tune.algorithms import get_algorithm_class
 from fishr_tune.data import DATASET_ENVIRONMENTS, check_dataset_name, check_test_envs
 from fishr_tune.errors import ConfigError, quote
 from fishr_tune.hparams import MAX_SEED, apply_overrides, default_hparams, hparam_space
+from fishr_tune.space import MAX_STEPS
 from fishr_tune.sweep.preflight import check_tracking_uri
 from fishr_tune.yaml_io import load_yaml
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DISTRIBUTION_KINDS = ("loguniform", "uniform", "int", "logint", "choice")
-MAX_STEPS = 10**9  # DomainBed trains 5,001; a billion is a typo (or a YAML duplicate) and would never end
 MAX_SEARCH_SEED = 2**18 - 1  # * 10,007 + any group index stays below 2**32
 
 

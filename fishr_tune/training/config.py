@@ -12,9 +12,8 @@ from fishr_tune.algorithms import get_algorithm_class
 from fishr_tune.data import check_dataset_name, check_test_envs
 from fishr_tune.errors import ConfigError, quote
 from fishr_tune.hparams import MAX_SEED, apply_overrides, hparams_for_trial
+from fishr_tune.space import MAX_STEPS
 from fishr_tune.yaml_io import load_yaml
-
-MAX_STEPS = 10**9  # DomainBed trains 5,001 steps; a billion is a typo and would never end
 
 
 class TrainConfig(BaseModel):
