@@ -26,8 +26,6 @@ from fishr_tune.selection import GROUP, SELECTION_METHODS, env_count, select, su
 RAY_RESULT_FILE = "result.json"
 RUN = "run"
 MLFLOW_RUN_ID = "mlflow_run_id"
-ARGS_TAG = "fishr_tune.args"
-KIND_TAG = "fishr_tune.kind"
 # Settings of the sweep (its parent run's params) that every trial shares: what best.yaml needs besides the trial's own.
 SWEEP_ARGS = ("steps", "checkpoint_freq", "holdout_fraction", "label_noise", "data_dir")
 TRAIN_CONFIG_ARGS = ("seed", "steps", "checkpoint_freq", "holdout_fraction", "label_noise", "data_dir")
@@ -175,12 +173,12 @@ def from_mlflow(tracking_uri: str, experiment: str, progress: Progress = _no_pro
         names = sorted(e.name for e in client.search_experiments())
         raise ConfigError(f"--experiment: no experiment {quote(experiment)} in {tracking_uri}; existing: {', '.join(names) or 'none'}")
     experiment_id = found.experiment_id
-    parents = _all_runs(client, experiment_id, f"tags.`{KIND_TAG}` = 'sweep'")
+    parents = _all_runs(client, experiment_id, f"tags.`{records.KIND_TAG}` = '{records.KIND_SWEEP}'")
     parent = parents[0] if parents else None
     sweep_args = {}
     if parent is not None:
         sweep_args = {k: _decode_param(parent.data.params[k]) for k in SWEEP_ARGS if k in parent.data.params}
-    trials = sorted(_all_runs(client, experiment_id, f"tags.`{KIND_TAG}` = 'trial'"),
+    trials = sorted(_all_runs(client, experiment_id, f"tags.`{records.KIND_TAG}` = '{records.KIND_TRIAL}'"),
                     key=lambda r: r.data.tags.get("ray_trial_id", r.info.run_id))
     rows: list[dict[str, Any]] = []
     for run in progress(trials, len(trials), f"Reading {len(trials)} runs of {experiment}"):
@@ -192,8 +190,8 @@ def from_mlflow(tracking_uri: str, experiment: str, progress: Progress = _no_pro
 def _mlflow_run_rows(client: Any, run: Any, sweep_args: Mapping[str, Any]) -> list[dict[str, Any]]:
     tags = run.data.tags
     args: dict[str, Any] = dict(sweep_args)
-    if ARGS_TAG in tags:  # the trial's own args, as its first record held them
-        args.update(json.loads(tags[ARGS_TAG]))
+    if records.ARGS_TAG in tags:  # the trial's own args, as its first record held them
+        args.update(json.loads(tags[records.ARGS_TAG]))
     else:
         args.update({"dataset": tags.get("dataset"), "algorithm": tags.get("algorithm"),
                      "test_envs": json.loads(tags.get("test_envs", "[]")), "trial_seed": int(tags.get("trial_seed", 0))})
@@ -387,7 +385,7 @@ class BestConfig:
         if not self.unknown:
             return None
         names = ", ".join(f"args.{name}" for name in self.unknown)
-        return (f"the records of run {self.run} hold no {names} (e.g. an MLflow trial run without the {ARGS_TAG} tag), "
+        return (f"the records of run {self.run} hold no {names} (e.g. an MLflow trial run without the {records.ARGS_TAG} tag), "
                 f"so `fishr-tune train` falls back to the default and will not reproduce step {self.step}")
 
     def yaml_text(self) -> str:

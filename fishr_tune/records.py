@@ -36,6 +36,12 @@ INCONSISTENCY_DIAGONAL = "inconsistency_diagonal"
 VAL_NLL = "val_nll"
 # MLflow tag on a sweep's parent run: {algorithm: {hparam: distribution kind}}, so plots draw each axis as searched.
 SPACE_TAG = "fishr_tune.space"
+# MLflow tags a sweep writes and analyze reads: the run's kind (KIND_SWEEP parent or KIND_TRIAL) and a trial's args.
+KIND_TAG = "fishr_tune.kind"
+KIND_SWEEP = "sweep"
+KIND_TRIAL = "trial"
+ARGS_TAG = "fishr_tune.args"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3 refuses the old ./mlruns file store
 VIEW_NAME = "Trials by best validation"  # the saved MLflow view of a sweep's trials ranked by best_val_acc
 SPLITS = ("in", "out")
 

@@ -32,7 +32,6 @@ JOURNAL_FILE = "journal.jsonl"
 SENT_FILE = "sent"
 RUNS_FILE = "runs.json"
 KEY_TAG = "fishr_tune.key"
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RETRY_SECONDS = 10.0
 MAX_PARAM_LENGTH = 6000
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # what the UI shows next to a run's dataset input (train / validation / test)

@@ -101,16 +101,16 @@ def log_sweep_to_mlflow(uri: str, name: str, runs: dict[str, list[dict]], args_t
 
     client = MlflowClient(uri)
     experiment = client.create_experiment(name)
-    parent = client.create_run(experiment, tags={an.KIND_TAG: "sweep"})
+    parent = client.create_run(experiment, tags={records.KIND_TAG: "sweep"})
     for key, value in {"steps": 3, "checkpoint_freq": 1, "holdout_fraction": 0.2, "label_noise": None, "data_dir": None}.items():
         client.log_param(parent.info.run_id, key, _param_value(value))
     for run_name, recs in runs.items():
         args = recs[0]["args"]
-        tags = {an.KIND_TAG: "trial", "dataset": args["dataset"], "algorithm": args["algorithm"],
+        tags = {records.KIND_TAG: "trial", "dataset": args["dataset"], "algorithm": args["algorithm"],
                 "test_envs": json.dumps(args["test_envs"]), "trial_seed": str(args["trial_seed"]),
                 "ray_trial_id": f"trial_{run_name}", "mlflow.parentRunId": parent.info.run_id}
         if args_tag:
-            tags[an.ARGS_TAG] = json.dumps(args)
+            tags[records.ARGS_TAG] = json.dumps(args)
         child = client.create_run(experiment, tags=tags, run_name=run_name)
         for key, value in recs[0]["hparams"].items():
             client.log_param(child.info.run_id, key, _param_value(value))

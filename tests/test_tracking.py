@@ -6,6 +6,7 @@ import time
 
 from mlflow.tracking import MlflowClient
 
+from fishr_tune import records
 from fishr_tune.tracking import KEY_TAG, MlflowJournal
 
 
@@ -135,7 +136,7 @@ def test_one_log_batch_per_checkpoint(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(MlflowClient, "log_batch", counting_log_batch)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     journal = MlflowJournal(tmp_path / "journal", uri, "batches")
-    journal.start_run("sweep", "batches", params={f"p{i}": i for i in range(150)}, tags={"fishr_tune.kind": "sweep"})
+    journal.start_run("sweep", "batches", params={f"p{i}": i for i in range(150)}, tags={records.KIND_TAG: records.KIND_SWEEP})
     journal.start_run("t1", "ERM te2 ts0 t1", parent="sweep", params={"lr": 1e-3, "batch_size": 32}, tags={"algorithm": "ERM"})
     checkpoints = [0, 40, 80, 120, 159]
     for step in checkpoints:  # the sweep flushes while trials run: some flushes find one checkpoint, some none

@@ -36,7 +36,6 @@ METRIC_NAMES = (records.VAL_ACC, records.VAL_NLL, records.LOSS, records.NLL, rec
 FLUSH_INTERVAL_S = 2.0
 # The trial's args (seed, steps, label_noise, ...) as its first record held them, plus the sweep's data_dir:
 # what `fishr-tune analyze --best-config` needs to write a config that reruns the trial.
-ARGS_TAG = "fishr_tune.args"
 # Within one trial: the best training-domain validation accuracy so far and its step (ties: the earliest), so
 # sorting the run list by best_val_acc ranks trials as `fishr-tune analyze`'s training_domain selection does.
 BEST_VAL_ACC = "best_val_acc"
@@ -190,7 +189,7 @@ class MlflowCallback(Callback):
                 self.ended.discard(key)
                 if CONFIG_TAG in op.get("tags", {}):
                     self.digests[key] = op["tags"][CONFIG_TAG]
-                if op["tags"].get("fishr_tune.kind") == "trial":
+                if op["tags"].get(records.KIND_TAG) == records.KIND_TRIAL:
                     tags = op["tags"]
                     self.meta[key] = {"dataset": tags["dataset"], "algorithm": tags["algorithm"],
                                       "test_envs": json.loads(tags["test_envs"]), "trial_seed": int(tags["trial_seed"])}
@@ -210,7 +209,7 @@ class MlflowCallback(Callback):
                     self.adoptable[self.digests[key]] = key
                 else:
                     self.adoptable = {d: k for d, k in self.adoptable.items() if k != key}
-            elif op["op"] == "tags" and ARGS_TAG in op["tags"]:
+            elif op["op"] == "tags" and records.ARGS_TAG in op["tags"]:
                 self.args_tagged.add(key)
             elif op["op"] == "metrics":
                 self.logged[key].add(op["step"])
@@ -240,7 +239,7 @@ class MlflowCallback(Callback):
         self.journal.set_experiment_tags({EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, DESCRIPTION_TAG: description,
                                           f"{VIEW_TAG_PREFIX}{VIEW_ID}": trials_view(self.spec)})
         self.journal.start_run(SWEEP_KEY, self.spec.name, params=params,
-                               tags={"fishr_tune.kind": "sweep", "dataset": self.spec.settings.dataset,
+                               tags={records.KIND_TAG: records.KIND_SWEEP, "dataset": self.spec.settings.dataset,
                                      DESCRIPTION_TAG: description, records.SPACE_TAG: json.dumps(space_kinds(self.spec)),
                                      **self.source_tags})
         if Path(self.spec.source).exists():
@@ -324,7 +323,7 @@ class MlflowCallback(Callback):
             tags = {
                 "dataset": dataset, "algorithm": config["algorithm"], "test_envs": json.dumps(list(config["test_envs"])),
                 "trial_seed": config["trial_seed"], "group": config.get(GROUP_KEY, ""), "ray_trial_id": key,
-                "status": "running", "fishr_tune.kind": "trial", CONFIG_TAG: digest,
+                "status": "running", records.KIND_TAG: records.KIND_TRIAL, CONFIG_TAG: digest,
                 DESCRIPTION_TAG: trial_description(config, "running", None), **self.source_tags,
             }
             for i, name in enumerate(DATASET_ENVIRONMENTS.get(dataset, ())):
@@ -365,7 +364,7 @@ class MlflowCallback(Callback):
             args = {k[len("args."):]: v for k, v in result.items() if k.startswith("args.")}
             if args:
                 args.setdefault("data_dir", self.spec.settings.data_dir or os.environ.get("FISHR_TUNE_DATA"))
-                self.journal.set_tags(key, {ARGS_TAG: json.dumps(args, sort_keys=True, default=str)})
+                self.journal.set_tags(key, {records.ARGS_TAG: json.dumps(args, sort_keys=True, default=str)})
                 self.args_tagged.add(key)
 
     def _finish(self, trial: Any, status: str, mlflow_status: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
+from fishr_tune import records
 from fishr_tune.algorithms import get_algorithm_class
 from fishr_tune.data import DATASET_ENVIRONMENTS, check_dataset_name, check_test_envs
 from fishr_tune.errors import ConfigError, quote
@@ -23,7 +24,6 @@ from fishr_tune.space import MAX_STEPS
 from fishr_tune.sweep.preflight import check_tracking_uri
 from fishr_tune.yaml_io import load_yaml
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DISTRIBUTION_KINDS = ("loguniform", "uniform", "int", "logint", "choice")
 MAX_SEARCH_SEED = 2**18 - 1  # * 10,007 + any group index stays below 2**32
 
@@ -139,7 +139,7 @@ class SweepFile(BaseModel):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     resources: Resources = Field(default_factory=Resources)
     storage_path: str = "sweeps"
-    tracking_uri: str = DEFAULT_TRACKING_URI
+    tracking_uri: str = records.DEFAULT_TRACKING_URI
     max_failures: StrictInt = Field(2, ge=0)
     system_metrics: bool = Field(False, description="log each trial's CPU, memory (and GPU) use as MLflow system metrics")
     inconsistency_epsilon: float | None = Field(

@@ -209,7 +209,7 @@ def test_the_experiment_has_a_saved_view_of_the_trials_ranked_by_best_validation
     key = state["orderByKey"].split("`")[1]
     assert state["orderByKey"] == f"metrics.`{key}`" and key == BEST_VAL_ACC and state["orderByAsc"] is False
     found = client.search_runs([experiment.experiment_id], state["searchFilter"], order_by=[f"metrics.{key} DESC"])
-    trials = [r for r in recorded_sweep["runs"].values() if r.data.tags.get("fishr_tune.kind") == "trial"]
+    trials = [r for r in recorded_sweep["runs"].values() if r.data.tags.get(records.KIND_TAG) == records.KIND_TRIAL]
     assert sorted(r.info.run_id for r in found) == sorted(r.info.run_id for r in trials) and len(found) == 2
     values = [r.data.metrics[BEST_VAL_ACC] for r in found]
     assert values == sorted(values, reverse=True)

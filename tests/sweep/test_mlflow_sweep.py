@@ -42,8 +42,8 @@ def ray_points(experiment_dir: Path) -> dict[str, dict[int, float]]:
 def mlflow_runs(uri: str, name: str) -> tuple[Any, list[Any]]:
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
-    parents = [r for r in runs if r.data.tags.get("fishr_tune.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("fishr_tune.kind") == "trial"]
+    parents = [r for r in runs if r.data.tags.get(records.KIND_TAG) == records.KIND_SWEEP]
+    children = [r for r in runs if r.data.tags.get(records.KIND_TAG) == records.KIND_TRIAL]
     assert len(parents) == 1 and len(parents) + len(children) == len(runs)
     return parents[0], children
 

@@ -40,7 +40,7 @@ def test_each_trial_logs_its_final_models_inconsistency_once(local_ray, tiny_swe
     client = MlflowClient(tiny_sweep["tracking_uri"])
     experiment = client.get_experiment_by_name("scored")
     trial_runs = {r.data.tags["ray_trial_id"]: r for r in client.search_runs([experiment.experiment_id])
-                  if r.data.tags.get("fishr_tune.kind") == "trial"}
+                  if r.data.tags.get(records.KIND_TAG) == records.KIND_TRIAL}
     assert len(trial_runs) == 2
     datasets = build_datasets(spec)
     run_settings = {"steps": spec.settings.steps, "checkpoint_freq": spec.settings.checkpoint_freq,
