@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fishr_tune import analyze as an
+from fishr_tune.analysis.readers import gather_files
+from fishr_tune.analysis.render import results_json
+from fishr_tune.analysis.table import export_parquet, selection_table, selections, summaries_of
 
 TEST_ENVS = [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
 ALGORITHMS = ["ERM", "Fishr"]
@@ -93,27 +95,27 @@ def main() -> None:
     table = generate(args.runs, args.checkpoints, args.stopped_share)
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "records.parquet"
-        an.export_parquet(table, path)
+        export_parquet(table, path)
         print(f"{table['run'].nunique():,} runs, {len(table):,} records, parquet {path.stat().st_size / 1e6:.1f} MB")
         timings = {}
         start = time.perf_counter()
-        gathered = an.gather_files(path)
+        gathered = gather_files(path)
         timings["gather (parquet)"] = time.perf_counter() - start
         mark = time.perf_counter()
-        prepared = an.selection_table(gathered)
+        prepared = selection_table(gathered)
         timings["selection table"] = time.perf_counter() - mark
         selected = {}
         for method in ("training_domain", "leave_one_out", "oracle"):
             mark = time.perf_counter()
-            selected.update(an.selections(prepared, [method]))
+            selected.update(selections(prepared, [method]))
             timings[method] = time.perf_counter() - mark
         mark = time.perf_counter()
-        summaries = an.summaries_of(selected)
+        summaries = summaries_of(selected)
         timings["summaries"] = time.perf_counter() - mark
         total = time.perf_counter() - start
         if args.command:
             command_seconds, output = time_command(path)
-            same = output == an.results_json(summaries)
+            same = output == results_json(summaries)
     print("library calls:")
     for name, seconds in timings.items():
         print(f"  {name:<18} {seconds:6.2f} s")

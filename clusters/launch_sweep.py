@@ -20,7 +20,7 @@ import click
 
 import fishr_tune
 from fishr_tune.cli import main as fishr_tune_main
-from fishr_tune.cli import sweep as sweep_command
+from fishr_tune.cli.sweep import sweep as sweep_command
 
 
 def repository_root() -> Path:

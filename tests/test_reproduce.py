@@ -322,7 +322,7 @@ def test_oracle_row_shows_irm_table1_and_the_optimal_invariant_line(tmp_path: Pa
 
 
 def test_default_algorithms_include_the_oracle() -> None:
-    from fishr_tune.cli import reproduce_colored_mnist_irm
+    from fishr_tune.cli.reproduce import reproduce_colored_mnist_irm
 
     default = next(p.default for p in reproduce_colored_mnist_irm.params if p.name == "algorithms")
     assert rep.parse_algorithms(default) == ["ERM", "IRM", "VREx", "Fishr", "ERM-grayscale"]

@@ -20,9 +20,9 @@ from typing import Any
 from ray.tune import Callback
 
 from fishr_tune import records
+from fishr_tune.analysis.plots import accuracy_curves
 from fishr_tune.data import DATASET_ENVIRONMENTS
 from fishr_tune.hparams import apply_overrides, default_hparams
-from fishr_tune.plots import accuracy_curves
 from fishr_tune.sweep import mlflow_inputs
 from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY
 from fishr_tune.sweep.spec import Distribution, SweepSpec
@@ -456,8 +456,8 @@ def selected_trials(callback: MlflowCallback) -> dict[str, str]:
     """Group key -> the trial that `fishr-tune analyze` selects with training_domain, from the journaled records."""
     import pandas as pd
 
-    from fishr_tune.analyze import RUN, selection_table
-    from fishr_tune.selection import select
+    from fishr_tune.analysis.selection import select
+    from fishr_tune.analysis.table import RUN, selection_table
 
     rows = []
     for key, points in callback.points.items():

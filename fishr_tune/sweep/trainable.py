@@ -65,8 +65,8 @@ def tune_metrics(record: Mapping[str, Any], group: str, steps_trained: int, star
 def final_inconsistency(trainer: Trainer, epsilon: float) -> dict[str, float]:
     """The trained head's inconsistency score on the training environments' `in` splits, as `fishr-tune inspect`
     computes it from the run's checkpoint: logged with the trial's last record so MLflow can rank runs by it."""
+    from fishr_tune.analysis.inspect import loss_kind, training_domains
     from fishr_tune.inconsistency import inconsistency
-    from fishr_tune.inspection import loss_kind, training_domains
 
     report = inconsistency(trainer.algorithm.classifier, training_domains(trainer), loss_kind(trainer), epsilon=epsilon)
     trainer.algorithm.train()

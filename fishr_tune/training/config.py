@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fishr_tune.algorithms import get_algorithm_class
 from fishr_tune.data import check_dataset_name, check_test_envs
 from fishr_tune.errors import ConfigError, quote
-from fishr_tune.hparams import MAX_SEED, apply_overrides, hparams_for_trial
+from fishr_tune.hparams import MAX_SEED, apply_overrides, hparams_for_trial, parse_hparams_json
 from fishr_tune.space import MAX_STEPS
 from fishr_tune.yaml_io import load_yaml
 
@@ -112,3 +112,36 @@ def make_config(values: Mapping[str, Any], where: str, hparams_where: str = "--h
 
     config.check(hparams_where, key_where)
     return config
+
+
+def parse_env_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part != ""]
+    except ValueError:
+        raise ConfigError(
+            f"--test-envs: expected comma-separated environment indices like '2' or '0,1', got {quote(text)}") from None
+
+
+def config_from_command(config_file: str | None, flags: Mapping[str, Any], test_envs: str | None = None,
+                        hparams_json: str | None = None) -> TrainConfig:
+    """`fishr-tune train`'s settings: the --config file, the flags over it, and --hparams over the file's hparams.
+
+    An error names where the wrong value came from: a flag, the file's key, or (for a hyperparameter) the file's
+    `hparams` key when the file set it and --hparams did not override it, else --hparams.
+    """
+    values: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    where = config_file or "command line"
+    file_where = f"{config_file}: key 'hparams'"
+    given = {k for k, v in flags.items() if v is not None} | ({"test_envs"} if test_envs is not None else set())
+    if test_envs is not None:
+        values["test_envs"] = parse_env_list(test_envs)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    flag_hparams = parse_hparams_json(hparams_json) if hparams_json is not None else None
+    file_hparams = values.get("hparams")
+    if flag_hparams is None:
+        return make_config(values, where, hparams_where=file_where if file_hparams else "--hparams", flags=given)
+    if file_hparams is not None:  # the file's own values first, so an error names the file (and `hparams: 5` its key)
+        kept = {k: v for k, v in file_hparams.items() if k not in flag_hparams} if isinstance(file_hparams, dict) else file_hparams
+        make_config({**values, "hparams": kept}, where, hparams_where=file_where, flags=given)
+    values["hparams"] = {**(file_hparams or {}), **flag_hparams}
+    return make_config(values, where, flags=given)

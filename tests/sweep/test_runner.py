@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from ray import cloudpickle, tune
 
 from fishr_tune import records
-from fishr_tune.analyze import gather_files
+from fishr_tune.analysis.readers import gather_files
 from fishr_tune.errors import ConfigError
 from fishr_tune.sweep.runner import SPEC_FILE, SUMMARY_FILE, run_sweep
 from fishr_tune.sweep.search import SCHEDULER_METRIC

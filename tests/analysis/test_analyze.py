@@ -13,8 +13,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from fishr_tune import analyze as an
 from fishr_tune import records
+from fishr_tune.analysis.best_config import BestConfig, write_best_configs
+from fishr_tune.analysis.mlflow_reader import from_mlflow
+from fishr_tune.analysis.plots import make_plots
+from fishr_tune.analysis.readers import RAY_RESULT_FILE, gather_files
+from fishr_tune.analysis.render import results_json
+from fishr_tune.analysis.table import export_parquet, selection_table, selections, summaries_of
 from fishr_tune.cli import main
 from fishr_tune.hparams import default_hparams
 from fishr_tune.training import make_config
@@ -58,11 +63,11 @@ def write_results_dirs(root: Path, runs: dict[str, list[dict]], domainbed: bool 
 
 
 def test_domainbed_dir_infers_the_final_step(tmp_path: Path) -> None:
-    table = an.gather_files(write_results_dirs(tmp_path / "sweep", RUNS, domainbed=True))
+    table = gather_files(write_results_dirs(tmp_path / "sweep", RUNS, domainbed=True))
     assert set(table["run"]) == {"a", "b"} and len(table) == 6
-    prepared = an.selection_table(table)
+    prepared = selection_table(table)
     assert set(prepared["steps"]) == {3}  # args.steps is null: the longest run sets it
-    chosen = an.selections(prepared, ["training_domain"])["training_domain"].iloc[0]
+    chosen = selections(prepared, ["training_domain"])["training_domain"].iloc[0]
     assert (chosen["run"], chosen["step"], chosen["test_acc"]) == ("a", 1, pytest.approx(0.40))
     assert json.loads(chosen["config"])["lr"] == 1e-3
 
@@ -74,21 +79,21 @@ def test_ray_results_dir(tmp_path: Path) -> None:
         lines = [json.dumps({**records.flatten(r), "trial_id": f"t{index}", "group": "ERM/te2/ts0", "timestamp": 1}) for r in recs]
         lines.insert(0, json.dumps({"step": 0, "failure": "x", "trial_id": f"t{index}"}))  # not a record: skipped
         lines.append(lines[-1])  # the last record replayed by a trial resumed after Ctrl-C: read once
-        (trial / an.RAY_RESULT_FILE).write_text("\n".join(lines) + "\n")
-    table = an.gather_files(tmp_path / "exp")
+        (trial / RAY_RESULT_FILE).write_text("\n".join(lines) + "\n")
+    table = gather_files(tmp_path / "exp")
     assert sorted(table["run"].unique()) == ["t0", "t1"] and len(table) == 6
-    chosen = an.selections(an.selection_table(table), ["training_domain"])["training_domain"].iloc[0]
+    chosen = selections(selection_table(table), ["training_domain"])["training_domain"].iloc[0]
     assert (chosen["run"], chosen["step"]) == ("t0", 1)
 
 
 def test_parquet_round_trip_keeps_the_selection(tmp_path: Path) -> None:
-    table = an.gather_files(write_results_dirs(tmp_path / "runs", RUNS))
-    path = an.export_parquet(table, tmp_path / "records.parquet")
-    back = an.gather_files(path)
+    table = gather_files(write_results_dirs(tmp_path / "runs", RUNS))
+    path = export_parquet(table, tmp_path / "records.parquet")
+    back = gather_files(path)
     assert len(back) == len(table)
     for method in ("training_domain", "oracle"):
-        mine = an.selections(an.selection_table(table), [method])[method]
-        theirs = an.selections(an.selection_table(back), [method])[method]
+        mine = selections(selection_table(table), [method])[method]
+        theirs = selections(selection_table(back), [method])[method]
         pd.testing.assert_frame_equal(mine, theirs)
 
 
@@ -123,7 +128,7 @@ def log_sweep_to_mlflow(uri: str, name: str, runs: dict[str, list[dict]], args_t
 def test_mlflow_gatherer_rebuilds_the_records(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log_sweep_to_mlflow(uri, "quick", RUNS)
-    sweep = an.from_mlflow(uri, "quick")
+    sweep = from_mlflow(uri, "quick")
     table = sweep.table
     assert sorted(table["run"].unique()) == ["trial_a", "trial_b"] and len(table) == 6
     row = table[(table["run"] == "trial_a") & (table["step"] == 1)].iloc[0]
@@ -131,14 +136,14 @@ def test_mlflow_gatherer_rebuilds_the_records(tmp_path: Path) -> None:
     assert row["hparams.lr"] == 1e-3 and row["hparams.featurizer"] == default_hparams("ERM", DATASET)["featurizer"]
     assert row["args.seed"] == 7 and list(row["args.test_envs"]) == [2] and row["args.steps"] == 3
     assert sweep.parent_run_id is not None
-    chosen = an.selections(an.selection_table(table), ["training_domain"])["training_domain"].iloc[0]
+    chosen = selections(selection_table(table), ["training_domain"])["training_domain"].iloc[0]
     assert (chosen["run"], chosen["step"], chosen["test_acc"]) == ("trial_a", 1, pytest.approx(0.40))
 
 
 def test_mlflow_runs_without_the_args_tag_fall_back_to_tags_and_the_sweep_params(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log_sweep_to_mlflow(uri, "old", RUNS, args_tag=False)
-    table = an.from_mlflow(uri, "old").table
+    table = from_mlflow(uri, "old").table
     assert set(table["args.steps"]) == {3} and set(table["args.algorithm"]) == {"ERM"} and "args.seed" not in table
 
 
@@ -152,7 +157,7 @@ def test_unknown_experiment_lists_the_existing_ones(tmp_path: Path) -> None:
 
 
 def test_best_config_runs_as_a_train_config(tmp_path: Path) -> None:
-    table = an.gather_files(write_results_dirs(tmp_path / "runs", RUNS))
+    table = gather_files(write_results_dirs(tmp_path / "runs", RUNS))
     target = tmp_path / "best.yaml"
     result = CliRunner().invoke(main, ["analyze", "--records", str(tmp_path / "runs"), "--selection", "training_domain",
                                        "--best-config", str(target), "--format", "json"])
@@ -195,9 +200,9 @@ def printed_best_files(stderr: str) -> list[Path]:
 
 
 def test_one_file_per_dataset_and_group_when_datasets_share_a_group_name(tmp_path: Path) -> None:
-    best = an.BestConfig(DATASET, "ERM", 2, 0, "a", 1, 0.8, 0.4, "training_domain", {"dataset": DATASET})
-    other = an.BestConfig(**{**best.__dict__, "dataset": "ColoredMNIST", "config": {"dataset": "ColoredMNIST"}})
-    written = an.write_best_configs([best, other], tmp_path / "best.yaml")
+    best = BestConfig(DATASET, "ERM", 2, 0, "a", 1, 0.8, 0.4, "training_domain", {"dataset": DATASET})
+    other = BestConfig(**{**best.__dict__, "dataset": "ColoredMNIST", "config": {"dataset": "ColoredMNIST"}})
+    written = write_best_configs([best, other], tmp_path / "best.yaml")
     assert [p.name for p in written] == [f"best_{DATASET}_ERM_te2_ts0.yaml", "best_ColoredMNIST_ERM_te2_ts0.yaml"]
     assert [yaml.safe_load(p.read_text())["dataset"] for p in written] == [DATASET, "ColoredMNIST"]
 
@@ -304,15 +309,15 @@ def write_domainbed_sweep(root: Path) -> dict[tuple[str, tuple[int, ...]], str]:
 
 def test_leave_one_out_on_a_domainbed_sweep_dir_matches_runs_by_configuration(tmp_path: Path) -> None:
     names = write_domainbed_sweep(tmp_path / "sweep")
-    prepared = an.selection_table(an.gather_files(tmp_path / "sweep"))
+    prepared = selection_table(gather_files(tmp_path / "sweep"))
     assert prepared["config"].nunique() == 2  # each configuration is one key across its six runs
-    chosen = an.selections(prepared, ["leave_one_out"])["leave_one_out"]
+    chosen = selections(prepared, ["leave_one_out"])["leave_one_out"]
     assert sorted(chosen["test_env"]) == [0, 1, 2]
     te0 = chosen[chosen["test_env"] == 0].iloc[0]
     assert (te0["run"], te0["step"]) == (names[("B", (0,))], 300)
     assert json.loads(te0["config"])["lr"] == 3e-4
     assert te0["val_acc"] == pytest.approx(0.8) and te0["test_acc"] == pytest.approx(0.42)
-    cell = an.results_json(an.summaries_of({"leave_one_out": chosen}))["leave_one_out"]["ColoredMNIST"]["ERM"]["0"]
+    cell = results_json(summaries_of({"leave_one_out": chosen}))["leave_one_out"]["ColoredMNIST"]["ERM"]["0"]
     assert cell == {"mean": pytest.approx(42.0), "se": pytest.approx(0.0), "n": 1}
 
 
@@ -325,8 +330,8 @@ def test_leave_one_out_survives_a_parquet_round_trip(tmp_path: Path) -> None:
     assert from_dirs.exit_code == 0 and from_parquet.exit_code == 0, from_parquet.output
     assert json.loads(from_parquet.stdout) == json.loads(from_dirs.stdout)
     assert json.loads(from_parquet.stdout)["leave_one_out"]["ColoredMNIST"]["ERM"]["0"]["mean"] == pytest.approx(42.0)
-    mine = an.selections(an.selection_table(an.gather_files(tmp_path / "sweep")), ["leave_one_out"])["leave_one_out"]
-    theirs = an.selections(an.selection_table(an.gather_files(export)), ["leave_one_out"])["leave_one_out"]
+    mine = selections(selection_table(gather_files(tmp_path / "sweep")), ["leave_one_out"])["leave_one_out"]
+    theirs = selections(selection_table(gather_files(export)), ["leave_one_out"])["leave_one_out"]
     pd.testing.assert_frame_equal(mine, theirs)
 
 
@@ -365,15 +370,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
 
 def test_plots_are_written(tmp_path: Path) -> None:
     write_results_dirs(tmp_path / "runs", RUNS)
-    prepared = an.selection_table(an.gather_files(tmp_path / "runs"))
-    paths = an.make_plots(prepared, tmp_path / "plots")
+    prepared = selection_table(gather_files(tmp_path / "runs"))
+    paths = make_plots(prepared, tmp_path / "plots")
     names = sorted(p.name for p in paths)
     assert names == [f"hparams_{DATASET}_ERM.png", f"val_vs_test_{DATASET}_ERM_te2_ts0.png"]
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
 
 
 def test_accuracy_ticks_have_the_decimals_their_spacing_needs() -> None:
-    from fishr_tune.plots import percent_decimals
+    from fishr_tune.analysis.plots import percent_decimals
 
     assert percent_decimals([0.05 * i for i in range(14, 20)]) == 0  # 70%, 75%, ...
     assert percent_decimals([0.097, 0.098, 0.099, 0.100]) == 1  # 9.7%, 9.8%: not 9.700%
@@ -382,7 +387,7 @@ def test_accuracy_ticks_have_the_decimals_their_spacing_needs() -> None:
 
 
 def test_axis_kind_follows_the_search_distribution() -> None:
-    from fishr_tune.plots import CATEGORICAL, LINEAR, LOG, axis_kind
+    from fishr_tune.analysis.plots import CATEGORICAL, LINEAR, LOG, axis_kind
 
     assert axis_kind([64, 128, 64], "choice") == CATEGORICAL  # a choice of numbers stays categorical
     assert axis_kind(["closed_form", "backpack"]) == CATEGORICAL and axis_kind([True, False]) == CATEGORICAL
@@ -393,8 +398,8 @@ def test_axis_kind_follows_the_search_distribution() -> None:
 
 
 def test_selection_table_vectorized_config_keys_match_per_row_json(tmp_path: Path) -> None:
-    table = an.gather_files(write_results_dirs(tmp_path / "runs", RUNS))
-    prepared = an.selection_table(table)
+    table = gather_files(write_results_dirs(tmp_path / "runs", RUNS))
+    prepared = selection_table(table)
     for row in prepared.to_dict("records"):
         expected = json.dumps({k[len("hparams."):]: v for k, v in row.items() if k.startswith("hparams.")}, sort_keys=True)
         assert row["config"] == expected

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from fishr_tune.selection import leave_one_out, oracle, select, summarize, training_domain
+from fishr_tune.analysis.selection import leave_one_out, oracle, select, summarize_selected, training_domain
 
 N_ENVS = 3
 
@@ -125,7 +125,7 @@ def test_summary_mean_and_standard_error_over_trial_seeds() -> None:
             inn = [0.0] * N_ENVS
             inn[env] = acc
             rows.append(rec(f"r{seed}{env}", (env,), 2, [0.5] * 3, inn, trial_seed=seed))
-    summary = summarize(training_domain(table(rows))).set_index("test_env")
+    summary = summarize_selected(training_domain(table(rows))).set_index("test_env")
     assert summary.loc["0", "mean"] == pytest.approx(70.0)
     assert summary.loc["0", "se"] == pytest.approx(10.0 / 2**0.5)  # std (ddof 0) 10 over sqrt(2)
     assert summary.loc["avg", "mean"] == pytest.approx(70.0) and summary.loc["avg", "n"] == 2
@@ -174,7 +174,7 @@ def test_oracle_takes_a_truncated_runs_last_record_and_ties_go_to_the_higher_hpa
 def test_summary_average_is_the_mean_of_the_test_env_means() -> None:
     rows = [rec("r0", (0,), 2, [0.5] * 3, [0.6, 0, 0]), rec("r1", (1,), 2, [0.5] * 3, [0, 0.8, 0]),
             rec("s0", (0,), 2, [0.5] * 3, [0.4, 0, 0], trial_seed=1)]
-    summary = summarize(training_domain(table(rows))).set_index("test_env")
+    summary = summarize_selected(training_domain(table(rows))).set_index("test_env")
     # DomainBed's Avg: the mean of the column means, (60 + 40) / 2 = 50 and 80, so 65; the error from seed 0 alone
     assert summary.loc["avg", "mean"] == pytest.approx(65.0)
     assert summary.loc["avg", "n"] == 1 and summary.loc["avg", "se"] == pytest.approx(0.0)
@@ -184,5 +184,5 @@ def test_summary_average_is_the_mean_of_the_test_env_means() -> None:
 def test_summary_average_is_missing_when_the_algorithm_lacks_a_test_env() -> None:
     rows = [rec("r0", (0,), 2, [0.5] * 3, [0.6, 0, 0]), rec("r1", (1,), 2, [0.5] * 3, [0, 0.8, 0]),
             rec("i0", (0,), 2, [0.5] * 3, [0.7, 0, 0], algorithm="IRM")]
-    summary = summarize(training_domain(table(rows)))
+    summary = summarize_selected(training_domain(table(rows)))
     assert set(summary.loc[summary["algorithm"] == "IRM", "test_env"]) == {"0"}

@@ -81,7 +81,7 @@ def test_inspect_without_checkpoint_exits_2(tmp_path: Path, run_dir: Path) -> No
 def test_analyze_scores_only_models_whose_checkpoint_is_at_the_selected_step(run_dir: Path) -> None:
     import pandas as pd
 
-    from fishr_tune.inspection import inspect_run, score_selected
+    from fishr_tune.analysis.inspect import inspect_run, score_selected
 
     base = {"dataset": "ColoredMNIST-IRM", "algorithm": "Fishr", "test_env": 2, "trial_seed": 0}
     selected = pd.DataFrame([{**base, "run": "run", "step": 3}, {**base, "run": "run", "step": 1},

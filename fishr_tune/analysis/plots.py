@@ -13,6 +13,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fishr_tune.analysis.selection import GROUP, env_count, select, training_domain_scores  # noqa: E402
+from fishr_tune.analysis.table import RUN, varying_hparams  # noqa: E402
+from fishr_tune.errors import ConfigError  # noqa: E402
 
 
 def accuracy_curves(
@@ -70,8 +75,14 @@ def _percent(axis: Any, which: str) -> None:
     from matplotlib.ticker import Formatter
 
     class PercentTicks(Formatter):
+        """The decimals come from the ticks being labelled (`Axis.locs` goes away in matplotlib 3.13)."""
+
+        def format_ticks(self, values: Sequence[float]) -> list[str]:
+            decimals = percent_decimals(list(values))
+            return [f"{x * 100:.{decimals}f}%" for x in values]
+
         def __call__(self, x: float, pos: int | None = None) -> str:
-            return f"{x * 100:.{percent_decimals(list(self.locs))}f}%"
+            return f"{x * 100:.1f}%"  # a single value (the cursor readout): no spacing to go by
 
     (axis.xaxis if which == "x" else axis.yaxis).set_major_formatter(PercentTicks())
 
@@ -225,3 +236,82 @@ def _is_number(text: str) -> bool:
 
 def _number(text: str) -> float:
     return float(text) if _is_number(text) else 0.0
+
+
+# --- the figures analyze makes from the selection table ------------------------------------------------------
+
+
+def run_points(prepared: pd.DataFrame) -> pd.DataFrame:
+    """Per run with one test env: its best training-domain validation checkpoint (val_acc, test_acc) and its config."""
+    scores = training_domain_scores(prepared)
+    if scores.empty:
+        return scores
+    ordered = scores.sort_values([RUN, "val_acc", "step"], ascending=[True, False, True], kind="mergesort")
+    return ordered.drop_duplicates(RUN).reset_index(drop=True)
+
+
+def _env_label(dataset: str, env: int) -> str:
+    from fishr_tune.data import DATASET_ENVIRONMENTS
+
+    names = DATASET_ENVIRONMENTS.get(dataset, ())
+    return f"{names[env]} (env {env})" if env < len(names) else f"env {env}"
+
+
+def hparam_distributions(prepared: pd.DataFrame, spaces: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, dict[str, str]]:
+    """Per algorithm: each hyperparameter's search distribution kind, from the sweep's space when known, else the registry's."""
+    from fishr_tune.hparams import hparam_space
+
+    out: dict[str, dict[str, str]] = {}
+    for (dataset, algorithm), _ in prepared.groupby(["dataset", "algorithm"], sort=True):
+        try:
+            registry = {name: spec.dist.kind for name, spec in hparam_space(str(algorithm), str(dataset)).items()}
+        except (ConfigError, KeyError, ValueError, AttributeError):
+            registry = {}
+        out[str(algorithm)] = {**registry, **dict((spaces or {}).get(str(algorithm), {}))}
+    return out
+
+
+def make_plots(prepared: pd.DataFrame, directory: str | Path,
+               spaces: Mapping[str, Mapping[str, str]] | None = None) -> list[Path]:
+    """Per group: validation vs test accuracy over every run's checkpoints, the training_domain selection marked;
+    per (dataset, algorithm): accuracy against each varying hyperparameter, validation and test in separate rows."""
+    directory = Path(directory)
+    scores = training_domain_scores(prepared)
+    points = run_points(prepared)
+    written: list[Path] = []
+    if points.empty:
+        return written
+    chosen = select(prepared, "training_domain")
+    chosen_at = {tuple(r[c] for c in GROUP): (str(r[RUN]), int(r["step"])) for r in chosen.to_dict("records")}
+    for group, part in scores.groupby(GROUP, sort=True):
+        dataset, algorithm, test_env, trial_seed = group
+        ordered = part.sort_values([RUN, "step"], kind="mergesort")
+        curves = {str(run): list(zip(rows["step"].astype(int), rows["val_acc"].astype(float), rows["test_acc"].astype(float)))
+                  for run, rows in ordered.groupby(RUN, sort=True)}
+        training = sorted(set(range(env_count(part))) - {int(test_env)})
+        val_label = "validation: mean out-split accuracy of " + ", ".join(_env_label(str(dataset), e) for e in training)
+        name = f"val_vs_test_{dataset}_{algorithm}_te{test_env}_ts{trial_seed}.png"
+        written.append(validation_vs_test(
+            curves, chosen_at.get(tuple(group)),
+            f"{dataset} {algorithm}, test env {_env_label(str(dataset), int(test_env))}, trial seed {trial_seed}: "
+            f"{len(curves)} runs over their checkpoints", val_label,
+            f"test: {_env_label(str(dataset), int(test_env))}, in split", directory / name,
+        ))
+    varying = varying_hparams(prepared)
+    distributions = hparam_distributions(prepared, spaces)
+    selected_runs = {run for run, _ in chosen_at.values()}
+    for (dataset, algorithm), part in points.groupby(["dataset", "algorithm"], sort=True):
+        names = varying.get((str(dataset), str(algorithm)), [])
+        if not names:
+            continue
+        configs = [json.loads(c) for c in part["config"]]
+        values = {n: [c.get(n) for c in configs] for n in names}
+        tests = ", ".join(_env_label(str(dataset), int(e)) for e in sorted(part["test_env"].unique()))
+        written.append(accuracy_vs_hparams(
+            values, part["val_acc"].to_numpy(), part["test_acc"].to_numpy(),
+            f"{dataset} {algorithm}: each run at its best training-domain validation checkpoint (test env {tests})",
+            directory / f"hparams_{dataset}_{algorithm}.png", distributions.get(str(algorithm), {}),
+            [str(run) in selected_runs for run in part[RUN]],
+            "training-domain validation", f"test ({tests})",
+        ))
+    return written

@@ -3,7 +3,7 @@
 The table has one row per record (checkpoint) with at least: `run` (one training run), `dataset`,
 `algorithm`, `test_envs` (a tuple), `trial_seed`, `step`, `steps` (the planned number of steps), `config`
 (a key naming the hyperparameter configuration, equal across runs that share hyperparameters) and the
-`env{i}_in_acc` / `env{i}_out_acc` columns. `fishr_tune.analyze` builds it from any source.
+`env{i}_in_acc` / `env{i}_out_acc` columns. `fishr_tune.analysis.table` builds it from any source.
 
 A *group* is (dataset, algorithm, test_env, trial_seed): selection happens within a group, and results are
 then averaged over trial seeds. Each method returns one row per group: the selected run, step, its
@@ -203,7 +203,7 @@ def select(table: pd.DataFrame, method: str) -> pd.DataFrame:
     return METHODS[method](table)
 
 
-def summarize(selected: pd.DataFrame) -> pd.DataFrame:
+def summarize_selected(selected: pd.DataFrame) -> pd.DataFrame:
     """Mean ± standard error over trial seeds, in percent, per (dataset, algorithm, test_env), plus `avg`.
 
     As DomainBed's `collect_results`: the standard error is std (ddof 0) / sqrt(n); `avg` is the mean of the

@@ -223,12 +223,13 @@ def test_three_tables_equal_domainbeds_rules_on_random_sweeps_with_ties_and_trun
 
 def test_every_groups_selected_hparams_seed_and_step_are_domainbeds(tmp_path: Path) -> None:
     """Every group's selected hparams_seed and step, not only the averages, for each of the three methods."""
-    from fishr_tune import analyze as an
+    from fishr_tune.analysis.readers import gather_files
+    from fishr_tune.analysis.table import selection_table, selections
 
     records = random_sweep(tmp_path / "sweep", 11)
-    prepared = an.selection_table(an.gather_files(tmp_path / "sweep"))
+    prepared = selection_table(gather_files(tmp_path / "sweep"))
     seed_of_run = prepared.drop_duplicates("run").set_index("run")["hparams_seed"]
-    for method, frame in an.selections(prepared).items():
+    for method, frame in selections(prepared).items():
         reference = reference_sweep_accs(records, method)
         ours = {(int(r["trial_seed"]), r["algorithm"], int(r["test_env"])): r for r in frame.to_dict("records")}
         assert set(ours) == set(reference), method

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from fishr_tune import report
+from fishr_tune.analysis import render as report
 
 
 def summary() -> pd.DataFrame:

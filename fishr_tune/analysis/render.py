@@ -1,14 +1,18 @@
-"""Results tables in DomainBed's shape (rows: algorithms; columns: test environments, then the average)."""
+"""Results tables in DomainBed's shape (rows: algorithms; columns: test environments, then the average), as text
+(markdown, latex, json) or Rich tables on the terminal."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-FORMATS = ("table", "markdown", "latex", "json")
+if TYPE_CHECKING:
+    from fishr_tune.analysis.inspect import SelectedScore
+
+OUTPUT_FORMATS = ("table", "markdown", "latex", "json")
 SELECTION_TITLES = {
     "training_domain": "training-domain validation",
     "leave_one_out": "leave-one-domain-out cross-validation",
@@ -67,8 +71,6 @@ def latex(header: list[str], rows: list[list[str]]) -> str:
 def render(summaries: Mapping[str, pd.DataFrame], fmt: str) -> str:
     """All selection methods and datasets as text in `fmt` (table and markdown print the same pipe tables)."""
     if fmt == "json":
-        from fishr_tune.analyze import results_json
-
         return json.dumps(results_json(summaries), indent=2, sort_keys=True)
     blocks = []
     for method, summary in summaries.items():
@@ -129,3 +131,62 @@ def render_selected(
             body = latex(SELECTED_HEADER, rows) if fmt == "latex" else markdown(SELECTED_HEADER, rows)
             blocks.append(f"{'% ' if fmt == 'latex' else ''}{title}\n{body}")
     return "\n\n".join(blocks)
+
+
+def results_json(summaries: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+    """{selection: {dataset: {algorithm: {"<test env>": {"mean", "se", "n"}, ..., "avg": {...}}}}}."""
+    out: dict[str, Any] = {}
+    for method, summary in summaries.items():
+        node = out.setdefault(method, {})
+        for row in summary.to_dict("records"):
+            se = None if pd.isna(row["se"]) else float(row["se"])  # no complete trial seed behind an average
+            cell = {"mean": float(row["mean"]), "se": se, "n": int(row["n"])}
+            node.setdefault(str(row["dataset"]), {}).setdefault(str(row["algorithm"]), {})[str(row["test_env"])] = cell
+    return out
+
+
+def print_analysis(summaries: Mapping[str, pd.DataFrame], selected: Mapping[str, pd.DataFrame],
+                   varying: Mapping[tuple[str, str], Sequence[str]]) -> None:
+    """Rich tables: results per method and dataset, then the selected run and hyperparameters per group."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(120, Console().width))
+    for method, summary in summaries.items():
+        title = SELECTION_TITLES[method]
+        if summary.empty:
+            console.print(f"Model selection: {title}: no group has the runs this method needs")
+            continue
+        for dataset in sorted(summary["dataset"].unique()):
+            header, rows = result_grid(summary, dataset)
+            table = Table(title=f"{dataset}: {title} (test accuracy %, mean ± s.e. over trial seeds)")
+            for i, column in enumerate(header):
+                table.add_column(column, justify="left" if i == 0 else "right")
+            for row in rows:
+                table.add_row(*row)
+            console.print(table)
+            chosen = Table(title=f"{dataset}: selected by {title}")
+            for i, column in enumerate(SELECTED_HEADER):
+                chosen.add_column(column, justify="right" if 2 <= i <= 6 else "left")
+            for row in selected_hparams_table(selected[method], dataset, varying):
+                chosen.add_row(*row)
+            console.print(chosen)
+
+
+def print_inconsistency(scores: Mapping[str, Sequence[SelectedScore]], epsilon: float) -> None:
+    """One Rich table per selection method: the selected models' scores, or why there is none."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(120, Console().width))
+    for method, found in scores.items():
+        table = Table(title=f"Inconsistency I^eps (eps {epsilon:g}) of the models selected by {SELECTION_TITLES[method]}")
+        for column in ("Dataset", "Algorithm", "Test env", "Trial seed", "Run", "Step", "I^eps", "I^eps diagonal", "Note"):
+            table.add_column(column)
+        for s in found:
+            group = s.selected
+            table.add_row(group["dataset"], group["algorithm"], str(group["test_env"]), str(group["trial_seed"]),
+                          group["run"], str(group["step"]),
+                          "X" if s.inconsistency is None else f"{s.inconsistency:.5f}",
+                          "X" if s.inconsistency_diagonal is None else f"{s.inconsistency_diagonal:.5f}", s.note)
+        console.print(table)
