@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from fishr_tune import records
-from fishr_tune.analysis.table import RUN, _missing, _plain
+from fishr_tune.analysis.table import RUN, is_missing, plain_value
 from fishr_tune.domainbed_names import to_our_names
 from fishr_tune.errors import ConfigError
 
@@ -76,7 +76,7 @@ def best_configs(prepared: pd.DataFrame, selected: pd.DataFrame, method: str) ->
     found = []
     for row in selected.to_dict("records"):
         run = first.loc[row[RUN]]
-        hparams = {c[len("hparams."):]: _plain(run[c]) for c in hparam_columns if not _missing(_plain(run[c]))}
+        hparams = {c[len("hparams."):]: plain_value(run[c]) for c in hparam_columns if not is_missing(plain_value(run[c]))}
         left_out: dict[str, Any] = {}
         try:  # a DomainBed run's names become ours; where they cannot, check_best_config says why
             hparams, left_out = to_our_names(hparams, str(row["dataset"]), f"run {row[RUN]}", from_records=True)
@@ -87,10 +87,10 @@ def best_configs(prepared: pd.DataFrame, selected: pd.DataFrame, method: str) ->
             "hparams": hparams, "hparams_seed": 0, "trial_seed": int(row["trial_seed"]),
         }
         for name in TRAIN_CONFIG_ARGS:
-            value: Any = _plain(run.get(f"args.{name}")) if f"args.{name}" in run.index else None
+            value: Any = plain_value(run.get(f"args.{name}")) if f"args.{name}" in run.index else None
             if name == "steps":
                 value = int(run["steps"])
-            if not _missing(value):
+            if not is_missing(value):
                 config[name] = int(value) if name in ("seed", "steps", "checkpoint_freq") else value
         found.append(BestConfig(
             dataset=str(row["dataset"]), algorithm=str(row["algorithm"]), test_env=int(row["test_env"]),

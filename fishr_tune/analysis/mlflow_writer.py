@@ -11,7 +11,7 @@ import pandas as pd
 
 from fishr_tune.analysis.best_config import BestConfig
 from fishr_tune.analysis.mlflow_reader import MlflowSweep
-from fishr_tune.analysis.table import MLFLOW_RUN_ID, RUN, _missing
+from fishr_tune.analysis.table import MLFLOW_RUN_ID, RUN, is_missing
 from fishr_tune.errors import ConfigError
 
 
@@ -30,7 +30,7 @@ def log_selected_models(sweep: MlflowSweep, prepared: pd.DataFrame, bests: Seque
         rows = prepared[(prepared[RUN] == best.run) & (prepared["step"] == best.step)]
         row = rows.iloc[0]
         expected = {c: float(row[c]) for c in rows.columns if str(c).startswith("env") and str(c).endswith("_acc")
-                    and not _missing(row[c])}
+                    and not is_missing(row[c])}
         logged.append(log_selected_model(sweep.tracking_uri, str(row[MLFLOW_RUN_ID]), best.config, best.step, expected))
     return logged
 

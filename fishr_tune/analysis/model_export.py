@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fishr_tune.algorithms.base import Algorithm
 from fishr_tune.errors import ConfigError
 
 MODEL_NAME = "model"
@@ -25,7 +26,7 @@ EXAMPLE_ROWS = 4
 class Predictor(nn.Module):
     """The algorithm's prediction (class logits) as a plain module: what a deployed model computes."""
 
-    def __init__(self, algorithm: nn.Module):
+    def __init__(self, algorithm: Algorithm):
         super().__init__()
         self.algorithm = algorithm
 

@@ -180,14 +180,14 @@ def accuracy_vs_hparams(
         kind = axis_kind(raw, distributions.get(name))
         if kind == CATEGORICAL:
             labels = sorted({json.dumps(x, default=str) for x in raw}, key=lambda t: (not _is_number(t), _number(t), t))
-            xs = [labels.index(json.dumps(x, default=str)) for x in raw]
+            slots = [labels.index(json.dumps(x, default=str)) for x in raw]
             # spread runs that share a category, so none hides another
             seen: dict[int, int] = {}
             offsets = []
-            for x in xs:
-                seen[x] = seen.get(x, 0) + 1
-                offsets.append(seen[x])
-            xs = [x + 0.08 * (offset - (seen[x] + 1) / 2) for x, offset in zip(xs, offsets)]
+            for slot in slots:
+                seen[slot] = seen.get(slot, 0) + 1
+                offsets.append(seen[slot])
+            xs = [slot + 0.08 * (offset - (seen[slot] + 1) / 2) for slot, offset in zip(slots, offsets)]
         else:
             xs = [float(x) for x in raw]
         for row, (accuracies, label) in enumerate(((val_acc, val_label), (test_acc, test_label))):

@@ -12,6 +12,10 @@ from fishr_tune.analysis.table import RUN
 from fishr_tune.errors import ConfigError
 
 RAY_RESULT_FILE = "result.json"
+# The keys of a Ray result that are the record's (flattened): Tune adds its own (time, iteration, trial id, ...).
+_RECORD_NAMES = (records.STEP, records.EPOCH, records.VAL_ACC)
+_RECORD_PREFIXES = ("env", f"{records.HPARAMS}.", f"{records.ARGS}.", records.LOSS, records.NLL, records.PENALTY,
+                    records.STEP_TIME)
 
 
 def from_results_dirs(root: Path) -> pd.DataFrame:
@@ -34,14 +38,13 @@ def from_ray_results(root: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(root.rglob(RAY_RESULT_FILE)):
         for result in records.read_lines(path):  # torn or garbled lines skipped with a warning, not fatal
-            if "step" not in result or not any(str(k).startswith("env") for k in result):
+            if records.STEP not in result or not any(str(k).startswith("env") for k in result):
                 continue  # a failure report or a result that is not a record
-            row = {k: v for k, v in result.items() if k in ("step", "epoch", "val_acc") or k.startswith(
-                ("env", "hparams.", "args.", "loss", "nll", "penalty", "step_time"))}
+            row = {k: v for k, v in result.items() if k in _RECORD_NAMES or k.startswith(_RECORD_PREFIXES)}
             row[RUN] = str(result.get("trial_id") or path.parent.name)
             rows.append(row)
     table = pd.DataFrame(rows)
-    return table.drop_duplicates([RUN, "step"], keep="last", ignore_index=True) if rows else table
+    return table.drop_duplicates([RUN, records.STEP], keep="last", ignore_index=True) if rows else table
 
 
 def from_parquet(path: Path) -> pd.DataFrame:

@@ -22,23 +22,23 @@ RUN = "run"
 MLFLOW_RUN_ID = "mlflow_run_id"
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """numpy scalars and arrays (parquet gives lists back as arrays) as plain Python values."""
     if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
+        return [plain_value(v) for v in value.tolist()]
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _config_key(values: Mapping[str, Any]) -> str:
-    return json.dumps({k[len("hparams."):]: _plain(v) for k, v in values.items() if not _missing(v)}, sort_keys=True, default=str)
+    return json.dumps({k[len("hparams."):]: plain_value(v) for k, v in values.items() if not is_missing(v)}, sort_keys=True, default=str)
 
 
 def _test_envs_tuple(value: Any) -> tuple[int, ...]:
@@ -46,7 +46,7 @@ def _test_envs_tuple(value: Any) -> tuple[int, ...]:
         value = json.loads(value)
     if isinstance(value, (int, np.integer)):
         return (int(value),)
-    return tuple(int(e) for e in _plain(value))
+    return tuple(int(e) for e in plain_value(value))
 
 
 def selection_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -153,6 +153,6 @@ def export_parquet(table: pd.DataFrame, path: str | Path) -> Path:
             if fixed[column].dtype == object:
                 kinds = {type(v) for v in fixed[column] if v is not None and not (isinstance(v, float) and math.isnan(v))}
                 if len(kinds) > 1:
-                    fixed[column] = fixed[column].map(lambda v: None if v is None else json.dumps(_plain(v), default=str))
+                    fixed[column] = fixed[column].map(lambda v: None if v is None else json.dumps(plain_value(v), default=str))
         fixed.to_parquet(path, index=False)
     return path
