@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from fishr_tune import records
-from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY
 from fishr_tune.sweep.spec import SweepSpec
 from fishr_tune.sweep.trainable import STEPS_TRAINED
+from fishr_tune.sweep.trial import FAILURE_KEY, GROUP_KEY
 
 SUMMARY_FILE = "sweep_summary.json"
 

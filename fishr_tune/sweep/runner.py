@@ -18,7 +18,8 @@ from fishr_tune.sweep.mlflow_inputs import split_entities
 from fishr_tune.sweep.outcomes import SUMMARY_FILE, SweepSummary, summarize
 from fishr_tune.sweep.preflight import check_before_ray
 from fishr_tune.sweep.progress import ProgressCallback
-from fishr_tune.sweep.search import make_search
+from fishr_tune.sweep.schedule import GroupScheduler, make_stopping
+from fishr_tune.sweep.search import GroupSearcher
 from fishr_tune.sweep.spec import SweepSpec
 from fishr_tune.sweep.storage import SweepLocation
 from fishr_tune.sweep.trainable import dataset_key, sweep_trainable
@@ -56,6 +57,15 @@ def check_experiment_dir(spec: SweepSpec, resume: bool) -> SweepLocation:
         if changed:
             raise ConfigError(f"--resume: the sweep in {location.uri} was started with different settings ({', '.join(changed)})")
     return location
+
+
+def make_search(spec: SweepSpec) -> tuple[GroupSearcher, GroupScheduler]:
+    """The sweep's searcher and scheduler, each by the name its file gives (SEARCHERS, SCHEDULERS)."""
+    settings = spec.settings
+    searcher = GroupSearcher(spec.groups, spec.spaces, settings.search.num_samples, settings.search.algorithm,
+                             settings.search.seed)
+    stopping = make_stopping(settings.scheduler.type, settings.scheduler, settings.steps)
+    return searcher, GroupScheduler([g.key for g in spec.groups], stopping)
 
 
 def ensure_ray(address: str | None, num_cpus: int | None) -> bool:

@@ -29,7 +29,7 @@ from fishr_tune import records
 from fishr_tune.analyze import gather_files
 from fishr_tune.errors import ConfigError
 from fishr_tune.sweep.runner import SPEC_FILE, SUMMARY_FILE, run_sweep
-from fishr_tune.sweep.search import SCHEDULER_METRIC
+from fishr_tune.sweep.schedule import SCHEDULER_METRIC
 from fishr_tune.sweep.spec import build_spec
 from fishr_tune.sweep.trainable import NODE_ID, START_STEP, STEPS_TRAINED, run_trial
 from fishr_tune.training import NonFiniteLossError
