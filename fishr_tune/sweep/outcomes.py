@@ -137,7 +137,7 @@ def count_groups(trials: Sequence[Any], spec: SweepSpec, completed: Collection[s
     return groups
 
 
-def summarize(trials: Sequence[Any], spec: SweepSpec, experiment_dir: str, wall_time_s: float,
+def summarize_sweep(trials: Sequence[Any], spec: SweepSpec, experiment_dir: str, wall_time_s: float,
               completed: Collection[str] = ()) -> SweepSummary:
     groups = count_groups(trials, spec, completed)
     outcomes = [trial_outcome(t, spec.settings.steps, completed) for t in trials]

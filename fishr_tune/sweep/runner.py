@@ -15,7 +15,7 @@ from fishr_tune.errors import ConfigError
 from fishr_tune.sweep.cluster import check_ray_resources, trials_follow_the_cluster
 from fishr_tune.sweep.mlflow_callback import MlflowCallback, finish_sweep_run, open_journal, view_url
 from fishr_tune.sweep.mlflow_inputs import split_entities
-from fishr_tune.sweep.outcomes import SUMMARY_FILE, SweepSummary, summarize
+from fishr_tune.sweep.outcomes import SUMMARY_FILE, SweepSummary, summarize_sweep
 from fishr_tune.sweep.preflight import check_before_ray
 from fishr_tune.sweep.progress import ProgressCallback
 from fishr_tune.sweep.schedule import GroupScheduler, make_stopping
@@ -196,7 +196,7 @@ def run_sweep(
             )
         with trials_follow_the_cluster(spec):
             tuner.fit()
-        summary = summarize(progress.trials, spec, location.uri, time.monotonic() - started, progress.ended)
+        summary = summarize_sweep(progress.trials, spec, location.uri, time.monotonic() - started, progress.ended)
         summary.mlflow_pending = finish_sweep_run(mlflow_callback, summary)
         summary.mlflow_error = journal.last_error
         summary.mlflow_journal = str(journal.directory)

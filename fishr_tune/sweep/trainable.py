@@ -21,7 +21,7 @@ from fishr_tune import records
 from fishr_tune.data import MultiDomainDataset
 from fishr_tune.sweep.schedule import SCHEDULER_METRIC, accuracy_resolution, scheduler_score
 from fishr_tune.sweep.trial import FAILURE_KEY, GROUP_KEY, TrialSpec
-from fishr_tune.training import CHECKPOINT_FILE, EVAL_BATCH_SIZE, NonFiniteLossError, TrainConfig, Trainer
+from fishr_tune.training import CHECKPOINT_FILE, EVAL_CHUNK_SIZE, NonFiniteLossError, TrainConfig, Trainer
 
 STEPS_TRAINED = "steps_trained"
 NODE_ID = "node_id"
@@ -90,9 +90,9 @@ def validation_nll(trainer: Trainer) -> float | None:
                 if len(y) == 0:
                     return None
                 total = 0.0
-                for start in range(0, len(y), EVAL_BATCH_SIZE):
-                    logits = trainer.algorithm.predict(x[start : start + EVAL_BATCH_SIZE]).float()
-                    target = y[start : start + EVAL_BATCH_SIZE]
+                for start in range(0, len(y), EVAL_CHUNK_SIZE):
+                    logits = trainer.algorithm.predict(x[start : start + EVAL_CHUNK_SIZE]).float()
+                    target = y[start : start + EVAL_CHUNK_SIZE]
                     if logits.shape[1] == 1:
                         loss = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), reduction="sum")
                     else:
