@@ -10,7 +10,7 @@ accuracy (env 2's `in` split, for information only: nothing selects on it) of th
 
     .venv/bin/python benchmarks/bench_search.py [--space erm|fishr] [--budget 16] [--repetitions 10] [--table table.json] [--json out.json]
 
-The samplers are the ones a sweep uses (`fishr_tune.sweep.search.make_sampler`, Optuna's defaults otherwise).
+The samplers are the ones a sweep uses (`fishr_tune.sweep.search.SEARCHERS`, Optuna's defaults otherwise).
 """
 
 from __future__ import annotations
@@ -77,11 +77,11 @@ def build_table(path: Path, processes: int) -> list[dict[str, Any]]:
 def make(kind: str, seed: int):
     import optuna
 
-    from fishr_tune.sweep.search import make_sampler
+    from fishr_tune.sweep.search import SEARCHERS
 
     if kind == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, scramble=True)
-    return make_sampler(kind, seed)
+    return SEARCHERS.get(kind, SEARCHERS["tpe"]).sampler(seed)  # any other name: TPE, as before
 
 
 def search_once(kind: str, seed: int, budget: int, table: dict[tuple[int, ...], dict[str, Any]]) -> dict[str, Any]:

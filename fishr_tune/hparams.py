@@ -31,7 +31,7 @@ from fishr_tune.space import (  # noqa: F401  (the registry's types, re-exported
     UNIT,
     UNIT_OPEN,
     WIDTH,
-    Dist,
+    Distribution,
     Domain,
     HParam,
     at_least,

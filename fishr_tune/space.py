@@ -20,23 +20,37 @@ SMALL_IMAGES = ("ColoredMNIST", "RotatedMNIST", "ColoredMNIST-IRM")
 DEFAULT_FEATURIZER = {"ColoredMNIST-IRM": "mlp", "ColoredMNIST": "mnist_cnn", "RotatedMNIST": "mnist_cnn"}
 FEATURIZERS = ("mlp", "mnist_cnn", "resnet18", "resnet50")
 
-DistKind = Literal["fixed", "uniform", "loguniform", "choice"]
+DistKind = Literal["fixed", "uniform", "loguniform", "int", "logint", "choice"]
+SEARCH_KINDS = ("loguniform", "uniform", "int", "logint", "choice")  # what a sweep file may write, in its messages' order
 
 
 @dataclass(frozen=True)
-class Dist:
-    """A search distribution, declarative so it can be sampled here (DomainBed style) or handed to Optuna.
+class Distribution:
+    """A search distribution over the values [low, high] (or `choices`): sampled here DomainBed style by the
+    registry, handed to Optuna by a sweep (`to_optuna`), checked at its `representatives` by both.
 
-    ``loguniform`` draws ``base ** uniform(low_exp, high_exp)``, exactly as DomainBed writes ``10**r.uniform(a, b)``.
-    ``integer`` truncates the draw with ``int()``, as DomainBed does.
+    The registry's log distributions keep their `exponents`, so a draw is ``base ** uniform(*exponents)`` exactly as
+    DomainBed writes ``10**r.uniform(a, b)`` (bit-identical seeded draws); integer kinds truncate with ``int()``.
     """
 
     kind: DistKind
     low: float = 0.0
     high: float = 0.0
-    base: float = 10.0
-    integer: bool = False
     choices: tuple[Any, ...] = ()
+    exponents: tuple[float, float] | None = None
+    base: float = 10.0
+
+    @property
+    def integer(self) -> bool:
+        return self.kind in ("int", "logint")
+
+    @property
+    def log(self) -> bool:
+        return self.kind in ("loguniform", "logint")
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.low, self.high
 
     def sample(self, rng: np.random.RandomState, default: Any) -> Any:
         if self.kind == "fixed":
@@ -44,44 +58,58 @@ class Dist:
         if self.kind == "choice":
             value = rng.choice(self.choices)
             return value.item() if hasattr(value, "item") else value
-        if self.kind == "uniform":
-            value = rng.uniform(self.low, self.high)
+        if self.exponents is not None:
+            value = self.base ** rng.uniform(*self.exponents)
+        elif self.log:
+            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
         else:
-            value = self.base ** rng.uniform(self.low, self.high)
+            value = rng.uniform(self.low, self.high)
         return int(value) if self.integer else float(value)
 
-    @property
-    def bounds(self) -> tuple[float, float]:
-        """The value range (for loguniform: base**low_exp .. base**high_exp)."""
-        if self.kind == "loguniform":
-            return self.base**self.low, self.base**self.high
-        return self.low, self.high
+    def representatives(self) -> list[Any]:
+        """Values that must all be valid for the hyperparameter (its bounds or its choices)."""
+        if self.kind == "choice":
+            return list(self.choices)
+        if self.integer:
+            return [int(self.low), int(self.high)]
+        return [float(self.low), float(self.high)]
+
+    def to_optuna(self) -> Any:
+        """The optuna.distributions object (imported here only: the registry needs no Optuna)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "choice":
+            return CategoricalDistribution(list(self.choices))
+        if self.integer:
+            return IntDistribution(int(self.low), int(self.high), log=self.log)
+        if self.kind == "fixed":
+            raise ValueError("a fixed distribution has no Optuna counterpart: pass its value")
+        return FloatDistribution(self.low, self.high, log=self.log)
 
     def describe(self) -> str:
-        if self.kind == "fixed":
-            return "fixed"
-        if self.kind == "choice":
-            return f"choice{list(self.choices)}"
-        kind = ("int " if self.integer else "") + self.kind
-        if self.kind == "loguniform":
-            return f"{kind} {self.base:g}^U({self.low:g}, {self.high:g})"
+        if self.kind in ("fixed", "choice"):
+            return "fixed" if self.kind == "fixed" else f"choice{list(self.choices)}"
+        kind = ("int " if self.integer else "") + ("loguniform" if self.log else "uniform")
+        if self.exponents is not None:
+            return f"{kind} {self.base:g}^U({self.exponents[0]:g}, {self.exponents[1]:g})"
         return f"{kind} U({self.low:g}, {self.high:g})"
 
 
-def fixed() -> Dist:
-    return Dist("fixed")
+def fixed() -> Distribution:
+    return Distribution("fixed")
 
 
-def uniform(low: float, high: float, integer: bool = False) -> Dist:
-    return Dist("uniform", low, high, integer=integer)
+def uniform(low: float, high: float, integer: bool = False) -> Distribution:
+    return Distribution("int" if integer else "uniform", low, high)
 
 
-def loguniform(low_exp: float, high_exp: float, base: float = 10.0, integer: bool = False) -> Dist:
-    return Dist("loguniform", low_exp, high_exp, base=base, integer=integer)
+def loguniform(low_exp: float, high_exp: float, base: float = 10.0, integer: bool = False) -> Distribution:
+    return Distribution("logint" if integer else "loguniform", base**low_exp, base**high_exp,
+                        exponents=(low_exp, high_exp), base=base)
 
 
-def choice(*options: Any) -> Dist:
-    return Dist("choice", choices=tuple(options))
+def choice(*options: Any) -> Distribution:
+    return Distribution("choice", choices=tuple(options))
 
 
 @dataclass(frozen=True)
@@ -150,7 +178,7 @@ TEXT = Domain(text=True)
 @dataclass(frozen=True)
 class HParam:
     default: Any
-    dist: Dist = field(default_factory=fixed)
+    dist: Distribution = field(default_factory=fixed)
     doc: str = ""
     domain: Domain | None = None  # every entry has one (tests/test_hparams.py); the default and the distribution lie inside
 

@@ -37,8 +37,8 @@ def test_ray_asha_internals_used_by_the_group_scheduler():
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
     scheduler = AsyncHyperBandScheduler(metric="val_acc", mode="max", max_t=10)
-    assert isinstance(_require(scheduler, "_trial_info", "ray", "sweep/search.py (GroupScheduler)"), dict)
-    assert _require(scheduler, "_max_t", "ray", "sweep/search.py (GroupScheduler)") == 10
+    assert isinstance(_require(scheduler, "_trial_info", "ray", "sweep/schedule.py (GroupScheduler)"), dict)
+    assert _require(scheduler, "_max_t", "ray", "sweep/schedule.py (GroupScheduler)") == 10
 
 
 def test_ray_optuna_searcher_study():

@@ -28,7 +28,7 @@ from fishr_tune.inconsistency import (
     check_epsilon,
     inconsistency,
 )
-from fishr_tune.training import CHECKPOINT_FILE, CONFIG_FILE, EVAL_BATCH_SIZE, Trainer, load_config_file, make_config
+from fishr_tune.training import CHECKPOINT_FILE, CONFIG_FILE, EVAL_CHUNK_SIZE, Trainer, load_config_file, make_config
 
 
 @dataclass
@@ -72,7 +72,7 @@ def load_trainer(run_dir: str | Path, data_dir: str | None = None) -> Trainer:
 def _features(trainer: Trainer, x: torch.Tensor) -> torch.Tensor:
     featurizer = trainer.algorithm.featurizer
     with torch.no_grad():
-        return torch.cat([featurizer(x[i : i + EVAL_BATCH_SIZE]) for i in range(0, len(x), EVAL_BATCH_SIZE)])
+        return torch.cat([featurizer(x[i : i + EVAL_CHUNK_SIZE]) for i in range(0, len(x), EVAL_CHUNK_SIZE)])
 
 
 def training_domains(trainer: Trainer) -> list[Domain]:
@@ -93,7 +93,7 @@ def training_domains(trainer: Trainer) -> list[Domain]:
         keys = [(int(j), -1) for j in torch.nonzero(splits.group_ids.cpu() == group).flatten().tolist()]
         features, labels = [], []
         with torch.no_grad():
-            for images, target in DataLoader(splits.eval_data, batch_size=EVAL_BATCH_SIZE, sampler=keys):
+            for images, target in DataLoader(splits.eval_data, batch_size=EVAL_CHUNK_SIZE, sampler=keys):
                 images, target = splits.to_device(images, target)
                 features.append(trainer.algorithm.featurizer(images))
                 labels.append(target)

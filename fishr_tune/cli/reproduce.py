@@ -85,7 +85,7 @@ def reproduce_colored_mnist_irm(algorithms: str, restarts: int, data_dir: str | 
     if output_format == "json":
         click.echo(json.dumps(reproduction.to_json(), indent=2))
     else:
-        click.echo(rep.FORMATS[output_format](reproduction))
+        click.echo(rep.RENDERERS[output_format](reproduction))
 
 
 @reproduce.command("fish-linear")

@@ -25,7 +25,7 @@ from fishr_tune.data.sampling import class_balanced_weights, draw_indices
 from fishr_tune.data.transforms import evaluation_transform, normalize, training_transform
 from fishr_tune.hparams import seed_hash
 
-EVAL_BATCH_SIZE = 128
+IMAGE_EVAL_BATCH_SIZE = 128  # images per batch the file-backed evaluation loader decodes (workers' memory bounds it)
 MAX_DEFAULT_WORKERS = 8  # DomainBed's N_WORKERS
 SEED_RANGE = 2**62
 
@@ -196,7 +196,7 @@ class FileBackedSplits:
         """Accuracy of every (environment, split), in one pass over all of them."""
         if self._eval_loader is None:
             keys = [(i, -1) for i in range(len(self.eval_data))]
-            self._eval_loader = DataLoader(self.eval_data, batch_size=EVAL_BATCH_SIZE, sampler=keys, **self._loader_options())
+            self._eval_loader = DataLoader(self.eval_data, batch_size=IMAGE_EVAL_BATCH_SIZE, sampler=keys, **self._loader_options())
         correct = torch.zeros(len(self.groups), device=self.device)
         offset = 0
         with torch.no_grad():

@@ -23,7 +23,6 @@ the loop), run (all restarts, in process or on Ray), render (the tables). The pa
 """
 
 from fishr_tune.reproduce.config import (
-    ALGORITHMS,
     DATASET_NAME,
     DEFAULT_ALGORITHMS,
     FISHR_VARIANTS,
@@ -35,6 +34,7 @@ from fishr_tune.reproduce.config import (
     PAPER_LABEL_NOISE,
     PAPER_STEPS,
     PAPER_TABLE2,
+    REPRODUCIBLE_ALGORITHMS,
     TEST_ENV,
     TRAIN_ENVS,
     UNPENALIZED,
@@ -55,7 +55,7 @@ from fishr_tune.reproduce.model import (
     vrex_penalty,
 )
 from fishr_tune.reproduce.render import (
-    FORMATS,
+    RENDERERS,
     format_markdown,
     format_table,
     table_rows,
@@ -69,11 +69,11 @@ from fishr_tune.reproduce.restarts import (
 from fishr_tune.reproduce.run import Reproduction, paper_numbers, run_reproduction
 
 __all__ = [
-    "ALGORITHMS", "DATASET_NAME", "DEFAULT_ALGORITHMS", "FISHR_VARIANTS", "FORMATS", "GRAYSCALE_ORACLE",
-    "GRAY_TEST_ENV", "IRM_TABLE1", "METRICS", "OPTIMAL_INVARIANT_PERCENT", "PAPER_LABEL_NOISE", "PAPER_STEPS",
-    "PAPER_TABLE2", "TEST_ENV", "TRAIN_ENVS", "UNPENALIZED", "IrmMLP", "Reproduction", "RestartResult",
-    "ScriptConfig", "StepOutput", "build_restart_dataset", "fishr_penalty_summed", "format_markdown", "format_table",
-    "irm_penalty_full_batch", "mean_accuracy", "mean_nll", "paper_numbers", "parse_algorithms", "parse_name_list",
-    "remove_color", "restart_inconsistency", "restart_seed", "run_reproduction", "table_rows", "train_restart",
-    "training_loss", "vrex_penalty",
+    "DATASET_NAME", "DEFAULT_ALGORITHMS", "FISHR_VARIANTS", "GRAYSCALE_ORACLE", "GRAY_TEST_ENV", "IRM_TABLE1",
+    "METRICS", "OPTIMAL_INVARIANT_PERCENT", "PAPER_LABEL_NOISE", "PAPER_STEPS", "PAPER_TABLE2", "RENDERERS",
+    "REPRODUCIBLE_ALGORITHMS", "TEST_ENV", "TRAIN_ENVS", "UNPENALIZED", "IrmMLP", "Reproduction", "RestartResult",
+    "ScriptConfig", "StepOutput", "build_restart_dataset", "fishr_penalty_summed", "format_markdown",
+    "format_table", "irm_penalty_full_batch", "mean_accuracy", "mean_nll", "paper_numbers", "parse_algorithms",
+    "parse_name_list", "remove_color", "restart_inconsistency", "restart_seed", "run_reproduction", "table_rows",
+    "train_restart", "training_loss", "vrex_penalty",
 ]

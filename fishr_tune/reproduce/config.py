@@ -56,7 +56,7 @@ IRM_TABLE1: dict[str, dict[str, tuple[float, float]]] = {
 OPTIMAL_INVARIANT_PERCENT: dict[str, float] = {"train_acc": 75.0, "test_acc": 75.0}
 
 
-ALGORITHMS: tuple[str, ...] = (
+REPRODUCIBLE_ALGORITHMS: tuple[str, ...] = (
     *PAPER_TABLE2, *(name for name in FISHR_VARIANTS if name not in PAPER_TABLE2), GRAYSCALE_ORACLE,
 )
 
@@ -70,7 +70,7 @@ UNPENALIZED: tuple[str, ...] = ("ERM", GRAYSCALE_ORACLE)
 METRICS: tuple[str, ...] = ("train_acc", "test_acc", "gray_test_acc")
 
 
-ProgressCallback = Callable[[str], None]
+OnProgress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,8 @@ def parse_name_list(text: str, valid: Sequence[str], kind: str = "algorithm") ->
 
 
 def parse_algorithms(text: str) -> list[str]:
-    """Comma-separated names, matched case-insensitively to ALGORITHMS (in the order given)."""
-    return parse_name_list(text, ALGORITHMS)
+    """Comma-separated names, matched case-insensitively to REPRODUCIBLE_ALGORITHMS (in the order given)."""
+    return parse_name_list(text, REPRODUCIBLE_ALGORITHMS)
 
 
 def restart_seed(seed: int, restart: int) -> int:

@@ -15,8 +15,8 @@ from fishr_tune.errors import unknown_name_error
 from fishr_tune.gradvar import get_engine
 from fishr_tune.networks import MLP
 from fishr_tune.reproduce.config import (
-    ALGORITHMS,
     FISHR_VARIANTS,
+    REPRODUCIBLE_ALGORITHMS,
     UNPENALIZED,
     ScriptConfig,
 )
@@ -119,7 +119,7 @@ def training_loss(
             penalty = fishr_penalty_summed(model.classifier, features, labels, sizes, logits=logits, centered=centered,
                                     full_covariance=full_covariance)
         else:
-            raise unknown_name_error("algorithm", algorithm, ALGORITHMS)
+            raise unknown_name_error("algorithm", algorithm, REPRODUCIBLE_ALGORITHMS)
         penalty_weight = config.penalty_weight if step >= config.penalty_anneal_iters else 1.0
         loss = loss + penalty_weight * penalty
         if penalty_weight > 1.0:

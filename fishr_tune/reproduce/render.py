@@ -116,4 +116,4 @@ def format_markdown(reproduction: Reproduction) -> str:
     return "\n".join(lines + [""] + notes(reproduction) + inconsistency_block(reproduction, markdown=True))
 
 
-FORMATS: dict[str, Callable[[Reproduction], str]] = {"table": format_table, "markdown": format_markdown}
+RENDERERS: dict[str, Callable[[Reproduction], str]] = {"table": format_table, "markdown": format_markdown}

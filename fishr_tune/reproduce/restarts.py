@@ -19,7 +19,7 @@ from fishr_tune.reproduce.config import (
     GRAYSCALE_ORACLE,
     TEST_ENV,
     TRAIN_ENVS,
-    ProgressCallback,
+    OnProgress,
     ScriptConfig,
 )
 from fishr_tune.reproduce.model import IrmMLP, mean_accuracy, training_loss
@@ -50,7 +50,7 @@ def _accuracy(model: IrmMLP, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def train_restart(
     algorithm: str, dataset: MultiDomainDataset, restart: int, seed: int, config: ScriptConfig,
-    num_threads: int | None = None, on_progress: ProgressCallback | None = None,
+    num_threads: int | None = None, on_progress: OnProgress | None = None,
 ) -> RestartResult:
     """One run of the script's loop. Accuracies are those of the final step's forward pass, before its update,
     exactly what the script prints as "final"; test environments are evaluated only when recording.

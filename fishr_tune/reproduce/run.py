@@ -14,12 +14,12 @@ import torch
 from fishr_tune.data import MultiDomainDataset
 from fishr_tune.errors import ConfigError, unknown_name_error
 from fishr_tune.reproduce.config import (
-    ALGORITHMS,
     IRM_TABLE1,
     METRICS,
     OPTIMAL_INVARIANT_PERCENT,
     PAPER_TABLE2,
-    ProgressCallback,
+    REPRODUCIBLE_ALGORITHMS,
+    OnProgress,
     ScriptConfig,
     restart_seed,
 )
@@ -136,7 +136,7 @@ def run_reproduction(
     cpus_per_restart: float | None = None,
     on_dataset: Callable[[MultiDomainDataset], None] | None = None,
     on_result: ResultCallback | None = None,
-    on_progress: ProgressCallback | None = None,
+    on_progress: OnProgress | None = None,
 ) -> Reproduction:
     """Every (algorithm, restart) pair; a restart's dataset is built once and shared by all its algorithms.
 
@@ -150,8 +150,8 @@ def run_reproduction(
         raise ConfigError(f"--cpus-per-restart: expected a positive number, got {cpus_per_restart}")
     algorithms = list(algorithms)
     for name in algorithms:
-        if name not in ALGORITHMS:
-            raise unknown_name_error("algorithm", name, ALGORITHMS)
+        if name not in REPRODUCIBLE_ALGORITHMS:
+            raise unknown_name_error("algorithm", name, REPRODUCIBLE_ALGORITHMS)
     start = time.perf_counter()
     seeds = [restart_seed(seed, r) for r in range(restarts)]
     first = build_restart_dataset(seeds[0], data_dir, config.label_noise)

@@ -23,9 +23,10 @@ from fishr_tune import records
 from fishr_tune.analysis.plots import accuracy_curves
 from fishr_tune.data import DATASET_ENVIRONMENTS
 from fishr_tune.hparams import apply_overrides, default_hparams
+from fishr_tune.space import Distribution
 from fishr_tune.sweep import mlflow_inputs
-from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY
-from fishr_tune.sweep.spec import Distribution, SweepSpec
+from fishr_tune.sweep.spec import SweepSpec
+from fishr_tune.sweep.trial import FAILURE_KEY, GROUP_KEY
 from fishr_tune.tracking import MlflowJournal
 
 SWEEP_KEY = "sweep"

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from fishr_tune import records
-from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY
 from fishr_tune.sweep.spec import SweepSpec
 from fishr_tune.sweep.trainable import STEPS_TRAINED
+from fishr_tune.sweep.trial import FAILURE_KEY, GROUP_KEY
 
 SUMMARY_FILE = "sweep_summary.json"
 
@@ -137,7 +137,7 @@ def count_groups(trials: Sequence[Any], spec: SweepSpec, completed: Collection[s
     return groups
 
 
-def summarize(trials: Sequence[Any], spec: SweepSpec, experiment_dir: str, wall_time_s: float,
+def summarize_sweep(trials: Sequence[Any], spec: SweepSpec, experiment_dir: str, wall_time_s: float,
               completed: Collection[str] = ()) -> SweepSummary:
     groups = count_groups(trials, spec, completed)
     outcomes = [trial_outcome(t, spec.settings.steps, completed) for t in trials]

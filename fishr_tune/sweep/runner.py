@@ -15,10 +15,11 @@ from fishr_tune.errors import ConfigError
 from fishr_tune.sweep.cluster import check_ray_resources, trials_follow_the_cluster
 from fishr_tune.sweep.mlflow_callback import MlflowCallback, finish_sweep_run, open_journal, view_url
 from fishr_tune.sweep.mlflow_inputs import split_entities
-from fishr_tune.sweep.outcomes import SUMMARY_FILE, SweepSummary, summarize
+from fishr_tune.sweep.outcomes import SUMMARY_FILE, SweepSummary, summarize_sweep
 from fishr_tune.sweep.preflight import check_before_ray
 from fishr_tune.sweep.progress import ProgressCallback
-from fishr_tune.sweep.search import make_search
+from fishr_tune.sweep.schedule import GroupScheduler, make_stopping
+from fishr_tune.sweep.search import GroupSearcher
 from fishr_tune.sweep.spec import SweepSpec
 from fishr_tune.sweep.storage import SweepLocation
 from fishr_tune.sweep.trainable import dataset_key, sweep_trainable
@@ -56,6 +57,15 @@ def check_experiment_dir(spec: SweepSpec, resume: bool) -> SweepLocation:
         if changed:
             raise ConfigError(f"--resume: the sweep in {location.uri} was started with different settings ({', '.join(changed)})")
     return location
+
+
+def make_search(spec: SweepSpec) -> tuple[GroupSearcher, GroupScheduler]:
+    """The sweep's searcher and scheduler, each by the name its file gives (SEARCHERS, SCHEDULERS)."""
+    settings = spec.settings
+    searcher = GroupSearcher(spec.groups, spec.spaces, settings.search.num_samples, settings.search.algorithm,
+                             settings.search.seed)
+    stopping = make_stopping(settings.scheduler.type, settings.scheduler, settings.steps)
+    return searcher, GroupScheduler([g.key for g in spec.groups], stopping)
 
 
 def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
@@ -186,7 +196,7 @@ def run_sweep(
             )
         with trials_follow_the_cluster(spec):
             tuner.fit()
-        summary = summarize(progress.trials, spec, location.uri, time.monotonic() - started, progress.ended)
+        summary = summarize_sweep(progress.trials, spec, location.uri, time.monotonic() - started, progress.ended)
         summary.mlflow_pending = finish_sweep_run(mlflow_callback, summary)
         summary.mlflow_error = journal.last_error
         summary.mlflow_journal = str(journal.directory)

@@ -20,30 +20,14 @@ from fishr_tune.algorithms import get_algorithm_class
 from fishr_tune.data import DATASET_ENVIRONMENTS, check_dataset_name, check_test_envs
 from fishr_tune.errors import ConfigError, quote
 from fishr_tune.hparams import MAX_SEED, apply_overrides, default_hparams, hparam_space
-from fishr_tune.space import MAX_STEPS
+from fishr_tune.space import MAX_STEPS, SEARCH_KINDS, Distribution
 from fishr_tune.sweep.preflight import check_tracking_uri
+from fishr_tune.sweep.schedule import SCHEDULERS
+from fishr_tune.sweep.search import SEARCHERS
+from fishr_tune.sweep.trial import Group
 from fishr_tune.yaml_io import load_yaml
 
-DISTRIBUTION_KINDS = ("loguniform", "uniform", "int", "logint", "choice")
 MAX_SEARCH_SEED = 2**18 - 1  # * 10,007 + any group index stays below 2**32
-
-
-@dataclass(frozen=True)
-class Distribution:
-    """One searched hyperparameter: `kind` is one of DISTRIBUTION_KINDS; ranges are [low, high] of the value."""
-
-    kind: str
-    low: float = 0.0
-    high: float = 0.0
-    choices: tuple[Any, ...] = ()
-
-    def representatives(self) -> list[Any]:
-        """Values that must all be valid for the hyperparameter (its bounds or its choices)."""
-        if self.kind == "choice":
-            return list(self.choices)
-        if self.kind in ("int", "logint"):
-            return [int(self.low), int(self.high)]
-        return [float(self.low), float(self.high)]
 
 
 def parse_distribution(value: Any) -> Distribution | Any:
@@ -55,10 +39,10 @@ def parse_distribution(value: Any) -> Distribution | Any:
             raise ValueError(f"expected a finite number, got {quote(value)}")
         return value
     if len(value) != 1:
-        raise ValueError(f"expected exactly one of {', '.join(DISTRIBUTION_KINDS)}, got keys {sorted(map(str, value))}")
+        raise ValueError(f"expected exactly one of {', '.join(SEARCH_KINDS)}, got keys {sorted(map(str, value))}")
     kind, args = next(iter(value.items()))
-    if kind not in DISTRIBUTION_KINDS:
-        raise ValueError(f"unknown distribution {quote(kind)}; expected one of {', '.join(DISTRIBUTION_KINDS)}")
+    if kind not in SEARCH_KINDS:
+        raise ValueError(f"unknown distribution {quote(kind)}; expected one of {', '.join(SEARCH_KINDS)}")
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise ValueError("choice: expected a non-empty list of values")
@@ -81,13 +65,27 @@ def parse_distribution(value: Any) -> Distribution | Any:
     return Distribution(kind, float(low), float(high))
 
 
+def _registered(value: Any, registry: Mapping[str, Any]) -> Any:
+    """A registry's name, refused with pydantic's own words for a Literal of the names (the messages stay as they were)."""
+    if isinstance(value, str) and value in registry:
+        return value
+    names = [repr(name) for name in registry]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    raise ValueError(f"Input should be {listed}")
+
+
 class SearchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf passes gt=0 (cpu, reduction_factor)
 
-    algorithm: Literal["tpe", "random"] = "tpe"
+    algorithm: str = "tpe"  # a name in sweep/search.py's SEARCHERS
     num_samples: StrictInt = Field(8, gt=0, description="configurations per group")
     # Each group's TPE sampler is seeded with seed * 10,007 + group index (sweep/search.py), which numpy needs below 2**32.
     seed: StrictInt = Field(0, ge=0, le=MAX_SEARCH_SEED)
+
+    @field_validator("algorithm", mode="before")
+    @classmethod
+    def _known_searcher(cls, value: Any) -> Any:
+        return _registered(value, SEARCHERS)
 
 
 class SchedulerSettings(BaseModel):
@@ -96,11 +94,16 @@ class SchedulerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf passes gt=0 (cpu, reduction_factor)
 
-    type: Literal["asha", "none"] = "asha"
+    type: str = "asha"  # a name in sweep/schedule.py's SCHEDULERS
     grace_period: StrictInt = Field(500, gt=0, description="optimizer steps before a trial may be stopped")
     reduction_factor: float = Field(4.0, gt=1.0, description="1 in reduction_factor trials goes on at each rung")
     brackets: StrictInt = Field(1, ge=1, description="ASHA brackets (asynchronous HyperBand when > 1)")
     stop_last_trials: bool = Field(True, description="stop the trials that pass the last rung at `steps`")
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _known_scheduler(cls, value: Any) -> Any:
+        return _registered(value, SCHEDULERS)
 
 
 class Resources(BaseModel):
@@ -117,6 +120,10 @@ class Resources(BaseModel):
         return value
 
 
+def _default_test_envs() -> list[int | list[int]]:
+    return [2]
+
+
 class SweepFile(BaseModel):
     """The YAML's schema; `SweepSpec` adds the cross-field checks (names, ranges, environments)."""
 
@@ -126,7 +133,7 @@ class SweepFile(BaseModel):
     description: str | None = Field(None, description="shown as the MLflow experiment's description")
     dataset: str
     algorithms: list[str] = Field(min_length=1)
-    test_envs: Literal["all", "pairs"] | list[StrictInt | list[StrictInt]] = Field(default_factory=lambda: [2])
+    test_envs: Literal["all", "pairs"] | list[StrictInt | list[StrictInt]] = Field(default_factory=_default_test_envs)
     trial_seeds: list[StrictInt] = Field(default_factory=lambda: [0], min_length=1)
     steps: StrictInt = Field(5001, gt=0, le=MAX_STEPS)
     checkpoint_freq: StrictInt = Field(100, gt=0, le=MAX_STEPS)
@@ -174,21 +181,6 @@ class SweepFile(BaseModel):
     def _scheduler_shorthand(cls, value: Any) -> Any:
         return {"type": value} if isinstance(value, str) else value
 
-
-
-@dataclass(frozen=True)
-class Group:
-    """DomainBed's unit of selection: one (dataset, algorithm, test_envs, trial_seed); search and stopping stay inside it."""
-
-    dataset: str
-    algorithm: str
-    test_envs: tuple[int, ...]
-    trial_seed: int
-
-    @property
-    def key(self) -> str:
-        envs = "-".join(str(e) for e in self.test_envs)
-        return f"{self.algorithm}/te{envs}/ts{self.trial_seed}"
 
 
 @dataclass(frozen=True)
@@ -247,7 +239,7 @@ def _format(error: ValidationError, source: str, flag_names: set[str]) -> Config
     flag = "num_samples" if loc == ["search", "num_samples"] else (loc[0] if len(loc) == 1 else None)
     where = f"--{flag.replace('_', '-')}" if flag in flag_names else f"{source}: key {quote(path)}"
     if first["type"] == "extra_forbidden":
-        parent = SweepFile
+        parent: type[BaseModel] = SweepFile
         for part in loc[:-1]:
             field = parent.model_fields.get(str(part))
             annotation = getattr(field, "annotation", None)
@@ -266,6 +258,8 @@ def resolve_test_envs(value: str | list[int | list[int]], dataset: str, source: 
         return [(i,) for i in range(n_envs)]
     if value == "pairs":
         return [(i, j) for i in range(n_envs) for j in range(i + 1, n_envs)]
+    if isinstance(value, str):  # SweepFile admits no other name
+        raise ConfigError(f"{source}: key 'test_envs': expected 'all', 'pairs', or a list (got {quote(value)})")
     if not value:
         raise ConfigError(f"{source}: key 'test_envs': expected at least one test environment (or 'all' / 'pairs')")
     resolved: list[tuple[int, ...]] = []
@@ -365,12 +359,12 @@ def build_spec(values: Any, source: str, flag_names: set[str] | None = None) -> 
             raise ConfigError(
                 f"{source}: key 'per_algorithm.{algorithm}': not one of the listed algorithms ({', '.join(settings.algorithms)})"
             )
-        valid = hparam_space(algorithm, settings.dataset)
+        own = hparam_space(algorithm, settings.dataset)
         for name, raw in names.items():
             where = f"{source}: key 'per_algorithm.{algorithm}.{name}'"
             value = _parse_at(raw, where)
-            if name not in valid:
-                raise ConfigError(f"{where}: unknown hyperparameter for {algorithm}; valid: {', '.join(sorted(valid))}")
+            if name not in own:
+                raise ConfigError(f"{where}: unknown hyperparameter for {algorithm}; valid: {', '.join(sorted(own))}")
             _check_value(algorithm, settings.dataset, name, value, where)
             spaces[algorithm][name] = value
     check_tracking_uri(

@@ -19,8 +19,9 @@ from ray import tune
 
 from fishr_tune import records
 from fishr_tune.data import MultiDomainDataset
-from fishr_tune.sweep.search import FAILURE_KEY, GROUP_KEY, SCHEDULER_METRIC, accuracy_resolution, scheduler_score
-from fishr_tune.training import CHECKPOINT_FILE, EVAL_BATCH_SIZE, NonFiniteLossError, TrainConfig, Trainer
+from fishr_tune.sweep.schedule import SCHEDULER_METRIC, accuracy_resolution, scheduler_score
+from fishr_tune.sweep.trial import FAILURE_KEY, GROUP_KEY, TrialSpec
+from fishr_tune.training import CHECKPOINT_FILE, EVAL_CHUNK_SIZE, NonFiniteLossError, TrainConfig, Trainer
 
 STEPS_TRAINED = "steps_trained"
 NODE_ID = "node_id"
@@ -34,16 +35,16 @@ def dataset_key(trial_seed: int) -> str:
     return f"trial_seed={trial_seed}"
 
 
-def trial_train_config(config: Mapping[str, Any], run: Mapping[str, Any]) -> TrainConfig:
-    """The TrainConfig of one trial: the searcher's choice (`config`) plus the sweep-wide settings (`run`)."""
+def trial_train_config(trial: TrialSpec, run: Mapping[str, Any]) -> TrainConfig:
+    """The TrainConfig of one trial: the searcher's choice (`trial`) plus the sweep-wide settings (`run`)."""
     return TrainConfig(
-        dataset=config["dataset"],
-        algorithm=config["algorithm"],
-        test_envs=list(config["test_envs"]),
-        hparams=dict(config["hparams"]),
+        dataset=trial.dataset,
+        algorithm=trial.algorithm,
+        test_envs=list(trial.test_envs),
+        hparams=dict(trial.hparams),
         hparams_seed=0,
-        trial_seed=int(config["trial_seed"]),
-        seed=int(config["seed"]),
+        trial_seed=trial.trial_seed,
+        seed=trial.seed,
         steps=int(run["steps"]),
         checkpoint_freq=int(run["checkpoint_freq"]),
         holdout_fraction=float(run["holdout_fraction"]),
@@ -89,9 +90,9 @@ def validation_nll(trainer: Trainer) -> float | None:
                 if len(y) == 0:
                     return None
                 total = 0.0
-                for start in range(0, len(y), EVAL_BATCH_SIZE):
-                    logits = trainer.algorithm.predict(x[start : start + EVAL_BATCH_SIZE]).float()
-                    target = y[start : start + EVAL_BATCH_SIZE]
+                for start in range(0, len(y), EVAL_CHUNK_SIZE):
+                    logits = trainer.algorithm.predict(x[start : start + EVAL_CHUNK_SIZE]).float()
+                    target = y[start : start + EVAL_CHUNK_SIZE]
                     if logits.shape[1] == 1:
                         loss = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), reduction="sum")
                     else:
@@ -120,9 +121,10 @@ def run_trial(
     after_report: AfterReport | None = None,
 ) -> None:
     """Train one configuration, reporting each record to Tune with a checkpoint of the full trainer state."""
+    trial = TrialSpec.from_config(config)
     torch.set_num_threads(max(1, int(run.get("cpus_per_trial", 1))))
-    dataset: MultiDomainDataset = ray.get(dataset_refs[dataset_key(int(config["trial_seed"]))])
-    trainer = Trainer(trial_train_config(config, run), dataset=dataset)
+    dataset: MultiDomainDataset = ray.get(dataset_refs[dataset_key(trial.trial_seed)])
+    trainer = Trainer(trial_train_config(trial, run), dataset=dataset)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -135,7 +137,7 @@ def run_trial(
         system = SystemMetrics()
     try:
         for record in trainer.records():
-            metrics = tune_metrics(record, config[GROUP_KEY], trainer.step, start_step)
+            metrics = tune_metrics(record, trial.group, trainer.step, start_step)
             metrics.update(scheduler_metrics(trainer, record))
             if system is not None:
                 metrics.update(system.take())
@@ -153,7 +155,7 @@ def run_trial(
             records.STEP: trainer.step,  # the step whose loss was not finite
             records.VAL_ACC: math.nan,
             FAILURE_KEY: f"non-finite loss: {error}",
-            GROUP_KEY: config[GROUP_KEY],
+            GROUP_KEY: trial.group,
             STEPS_TRAINED: trainer.step,
             START_STEP: start_step,
             NODE_ID: ray.get_runtime_context().get_node_id(),

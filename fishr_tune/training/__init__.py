@@ -14,11 +14,11 @@ from fishr_tune.training.run import (
     run_training,
     saved_settings,
 )
-from fishr_tune.training.splits import EVAL_BATCH_SIZE, accuracy, predicted_labels
+from fishr_tune.training.splits import EVAL_CHUNK_SIZE, accuracy, predicted_labels
 from fishr_tune.training.trainer import NonFiniteLossError, Trainer, check_amp, resolve_device
 
 __all__ = [
-    "CHECKPOINT_FILE", "CONFIG_FILE", "DONE_FILE", "EVAL_BATCH_SIZE", "NonFiniteLossError", "TrainConfig", "Trainer",
+    "CHECKPOINT_FILE", "CONFIG_FILE", "DONE_FILE", "EVAL_CHUNK_SIZE", "NonFiniteLossError", "TrainConfig", "Trainer",
     "accuracy", "check_amp", "check_continuity", "format_validation_error", "load_config_file", "make_config",
     "predicted_labels", "prepare_output_dir", "read_checkpoint", "resolve_device", "rng_state", "run_training",
     "saved_settings", "seed_everything", "set_rng_state",

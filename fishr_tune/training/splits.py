@@ -14,7 +14,8 @@ from fishr_tune.data import Environment, FileEnvironment, MultiDomainDataset, ho
 from fishr_tune.data.loaders import FileBackedSplits
 from fishr_tune.data.sampling import class_balanced_weights, draw_indices
 
-EVAL_BATCH_SIZE = 2048
+# Examples per forward pass when evaluating a split held in memory (no gradients, so far above a training batch).
+EVAL_CHUNK_SIZE = 2048
 
 
 def predicted_labels(logits: torch.Tensor) -> torch.Tensor:
@@ -30,9 +31,9 @@ def accuracy(algorithm: Algorithm, x: torch.Tensor, y: torch.Tensor) -> float:
         return float("nan")
     correct = 0
     with torch.no_grad():
-        for start in range(0, len(y), EVAL_BATCH_SIZE):
-            predicted = predicted_labels(algorithm.predict(x[start : start + EVAL_BATCH_SIZE]))
-            target = y[start : start + EVAL_BATCH_SIZE]
+        for start in range(0, len(y), EVAL_CHUNK_SIZE):
+            predicted = predicted_labels(algorithm.predict(x[start : start + EVAL_CHUNK_SIZE]))
+            target = y[start : start + EVAL_CHUNK_SIZE]
             correct += int((predicted == target).sum())
     return correct / len(y)
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from fishr_tune.algorithms import ALGORITHMS, Algorithm
-from fishr_tune.hparams import SMALL_IMAGES, Dist, HParam, default_hparams, hparam_space, random_hparams
+from fishr_tune.hparams import SMALL_IMAGES, Distribution, HParam, default_hparams, hparam_space, random_hparams
 from fishr_tune.training import rng_state, seed_everything, set_rng_state
 
 DATASET = "ColoredMNIST-IRM"
@@ -176,7 +176,7 @@ def test_deep_copy_resumes_from_the_state_dict_without_sharing_state(name: str) 
 
 
 def in_support(value: Any, spec: HParam) -> bool:
-    dist: Dist = spec.dist
+    dist: Distribution = spec.dist
     if dist.kind == "fixed":
         return value == spec.default
     if dist.kind == "choice":
@@ -195,8 +195,8 @@ def test_every_hparam_has_default_and_distribution(name: str, dataset: str) -> N
     for key, spec in space.items():
         assert isinstance(spec, HParam), key
         assert spec.default is not None, key
-        assert isinstance(spec.dist, Dist), key
-        assert spec.dist.kind in ("fixed", "uniform", "loguniform", "choice"), key
+        assert isinstance(spec.dist, Distribution), key
+        assert spec.dist.kind in ("fixed", "uniform", "loguniform", "int", "logint", "choice"), key
         if spec.dist.kind == "choice":
             assert len(spec.dist.choices) > 0, key
 

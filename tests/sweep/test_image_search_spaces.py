@@ -9,7 +9,8 @@ import pytest
 from fishr_tune.data import DATASET_ENVIRONMENTS
 from fishr_tune.data.catalog import IMAGE_DATASETS
 from fishr_tune.hparams import hparam_space
-from fishr_tune.sweep.spec import Distribution, load_spec
+from fishr_tune.space import Distribution
+from fishr_tune.sweep.spec import load_spec
 
 SEARCH_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 STEMS = {"VLCS": "vlcs", "PACS": "pacs", "OfficeHome": "office_home", "TerraIncognita": "terra_incognita",
@@ -66,8 +67,9 @@ def test_every_image_search_space_starts_training(dataset: str, algorithm: str, 
 
     from fishr_tune.data import get_dataset
     from fishr_tune.data.synthetic import write_synthetic_dataset
-    from fishr_tune.sweep.search import make_search
+    from fishr_tune.sweep.runner import make_search
     from fishr_tune.sweep.trainable import trial_train_config
+    from fishr_tune.sweep.trial import TrialSpec
     from fishr_tune.training import Trainer
 
     monkeypatch.setenv("FISHR_TUNE_CACHE", str(tmp_path / "cache"))
@@ -79,7 +81,7 @@ def test_every_image_search_space_starts_training(dataset: str, algorithm: str, 
     config["hparams"].update(featurizer="resnet18", resnet_weights="none", image_size=32, batch_size=2)
     run = {"steps": 2, "checkpoint_freq": 1, "holdout_fraction": spec.settings.holdout_fraction,
            "label_noise": spec.settings.label_noise, "device": "cpu"}
-    train_config = trial_train_config(config, run)
+    train_config = trial_train_config(TrialSpec.from_config(config), run)
     write_synthetic_dataset(dataset, tmp_path / "data", classes=("a", "b"), images_per_class=3, size=(16, 16))
     data = get_dataset(dataset, data_dir=str(tmp_path / "data"), seed=config["trial_seed"])
     trainer = Trainer(train_config, data)

@@ -39,9 +39,9 @@ from fishr_tune.sweep.mlflow_callback import (
 )
 from fishr_tune.sweep.mlflow_inputs import split_entities
 from fishr_tune.sweep.outcomes import GroupCounts, SweepSummary
-from fishr_tune.sweep.search import GROUP_KEY
 from fishr_tune.sweep.spec import build_spec
 from fishr_tune.sweep.trainable import STEPS_TRAINED, dataset_key, trial_train_config
+from fishr_tune.sweep.trial import GROUP_KEY, TrialSpec
 from fishr_tune.tracking import MlflowJournal
 from fishr_tune.training import Trainer
 
@@ -73,7 +73,7 @@ def trial_config(lr: float, batch_size: int, seed: int) -> dict[str, Any]:
 def train_results(config: dict[str, Any], dataset: Any, upto: int) -> list[dict[str, Any]]:
     """The records a trial reports up to step `upto`, as Tune results."""
     run = {"steps": STEPS, "checkpoint_freq": 100, "holdout_fraction": 0.2, "label_noise": None}
-    trainer = Trainer(trial_train_config(config, run), dataset=dataset)
+    trainer = Trainer(trial_train_config(TrialSpec.from_config(config), run), dataset=dataset)
     results = []
     for record in trainer.records():
         results.append({**records.flatten(record), GROUP_KEY: GROUP, STEPS_TRAINED: trainer.step})
@@ -254,7 +254,8 @@ def test_analyze_logs_the_selected_checkpoint_as_a_loadable_model(recorded_sweep
     assert info.signature is not None and tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 2, 14, 14)
     assert info.run_id == selected_id
     # the loaded model's accuracy on the test environment's in split is the recorded one at the selected step
-    trainer = Trainer(trial_train_config(trial_config(0.001, 32, 0), {"steps": 1, "checkpoint_freq": 1, "holdout_fraction": 0.2}))
+    run = {"steps": 1, "checkpoint_freq": 1, "holdout_fraction": 0.2}
+    trainer = Trainer(trial_train_config(TrialSpec.from_config(trial_config(0.001, 32, 0)), run))
     x, y = trainer.splits[2]["in"]
     with torch.no_grad():
         correct = int((model(x).argmax(1) == y).sum())

@@ -29,7 +29,7 @@ from fishr_tune import records
 from fishr_tune.analysis.readers import gather_files
 from fishr_tune.errors import ConfigError
 from fishr_tune.sweep.runner import SPEC_FILE, SUMMARY_FILE, run_sweep
-from fishr_tune.sweep.search import SCHEDULER_METRIC
+from fishr_tune.sweep.schedule import SCHEDULER_METRIC
 from fishr_tune.sweep.spec import build_spec
 from fishr_tune.sweep.trainable import NODE_ID, START_STEP, STEPS_TRAINED, run_trial
 from fishr_tune.training import NonFiniteLossError
@@ -598,7 +598,7 @@ def test_progress_display_counts_each_group_and_its_best_val_acc() -> None:
 def test_summary_counts_trials_an_interruption_cut_off_as_unfinished() -> None:
     """A trial that Ctrl-C ended is TERMINATED without Tune's done mark, even after its final record: --resume runs
     it on, so it is neither finished nor stopped early; nor is a trial that never started."""
-    from fishr_tune.sweep.outcomes import summarize
+    from fishr_tune.sweep.outcomes import summarize_sweep
 
     spec = build_spec({**copy.deepcopy(BASE), "steps": 120, "name": "cut", "search": {"num_samples": 6}}, "t.yaml")
     erm = "ERM/te2/ts0"
@@ -609,7 +609,7 @@ def test_summary_counts_trials_an_interruption_cut_off_as_unfinished() -> None:
         fake_trial("d", erm, "TERMINATED", 119, 0.9, done=False),  # cut off after its final record
         fake_trial("e", erm, "ERROR", 40, 0.5),
     ]
-    summary = summarize(trials, spec, "/x", 1.0)
+    summary = summarize_sweep(trials, spec, "/x", 1.0)
     assert (summary.trials, summary.finished, summary.stopped_early, summary.failed, summary.unfinished) == (5, 1, 1, 1, 3)
     counts = summary.groups[erm]
     assert (counts.finished, counts.stopped_early, counts.failed, counts.unfinished) == (1, 1, 1, 2)
@@ -619,7 +619,7 @@ def test_summary_counts_trials_an_interruption_cut_off_as_unfinished() -> None:
 def test_resumed_summary_counts_trials_that_ended_in_an_earlier_session() -> None:
     """On --resume, Tune restores a trial that had ended as TERMINATED and never starts it again, sometimes with a
     last result saved before its `done` mark (seen in CI): it still ended. A trial cut off in this session did not."""
-    from fishr_tune.sweep.outcomes import summarize
+    from fishr_tune.sweep.outcomes import summarize_sweep
     from fishr_tune.sweep.progress import ProgressCallback
 
     spec = build_spec({**copy.deepcopy(BASE), "steps": 120, "name": "resumed", "search": {"num_samples": 5}}, "t.yaml")
@@ -638,12 +638,12 @@ def test_resumed_summary_counts_trials_that_ended_in_an_earlier_session() -> Non
     progress.on_step_begin(1, now)  # only the loop's first step says what was restored
     progress.on_trial_complete(1, now, now[2])
     progress.on_step_end(2, now)
-    summary = summarize(progress.trials, spec, "/x", 1.0, progress.ended)
+    summary = summarize_sweep(progress.trials, spec, "/x", 1.0, progress.ended)
     assert (summary.finished, summary.stopped_early, summary.failed, summary.unfinished) == (2, 1, 0, 2)
     # Resuming a sweep whose trials had all ended: Tune's loop never steps, the experiment just ends (seen in CI)
     idle = ProgressCallback(spec, io.StringIO(), interval_s=3600.0)
     idle.on_experiment_end(restored[:2])
-    summary = summarize(idle.trials, spec, "/x", 1.0, idle.ended)
+    summary = summarize_sweep(idle.trials, spec, "/x", 1.0, idle.ended)
     assert (summary.finished, summary.stopped_early, summary.unfinished) == (1, 1, 3)  # 3 samples never started
 
 

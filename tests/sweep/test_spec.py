@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fishr_tune.errors import ConfigError
-from fishr_tune.sweep.spec import Distribution, SweepSpec, build_spec, load_spec
+from fishr_tune.space import Distribution
+from fishr_tune.sweep.spec import SweepSpec, build_spec, load_spec
 
 SEARCH_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 

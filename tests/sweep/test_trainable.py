@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fishr_tune import records
-from fishr_tune.sweep.search import SCHEDULER_METRIC, accuracy_resolution
+from fishr_tune.sweep.schedule import SCHEDULER_METRIC, accuracy_resolution
 from fishr_tune.sweep.trainable import scheduler_metrics, validation_nll
 from fishr_tune.training import Trainer, make_config
 

@@ -18,6 +18,7 @@ from fishr_tune.errors import ConfigError
 from fishr_tune.sweep.runner import build_datasets, run_sweep
 from fishr_tune.sweep.spec import build_spec
 from fishr_tune.sweep.trainable import dataset_key, final_inconsistency, trial_train_config
+from fishr_tune.sweep.trial import TrialSpec
 from fishr_tune.training import CHECKPOINT_FILE, Trainer
 
 
@@ -54,7 +55,8 @@ def test_each_trial_logs_its_final_models_inconsistency_once(local_ray, tiny_swe
         for key in (records.INCONSISTENCY, records.INCONSISTENCY_DIAGONAL):
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in history] == [spec.settings.steps - 1], key  # once, with the last record
-        trainer = Trainer(trial_train_config(config, run_settings), dataset=datasets[dataset_key(config["trial_seed"])])
+        trial = TrialSpec.from_config(config)
+        trainer = Trainer(trial_train_config(trial, run_settings), dataset=datasets[dataset_key(trial.trial_seed)])
         trainer.load_checkpoint(last_checkpoint(trial_dir))
         assert trainer.step == spec.settings.steps
         expected = final_inconsistency(trainer, 0.05)
