@@ -81,7 +81,11 @@ def make(kind: str, seed: int):
 
     if kind == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, scramble=True)
-    return SEARCHERS.get(kind, SEARCHERS["tpe"]).sampler(seed)  # any other name: TPE, as before
+    if kind == "gp":  # not a sweep searcher (yet): Optuna's Gaussian-process sampler, 10 random start-up trials
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
+    if kind not in SEARCHERS:
+        raise SystemExit(f"--samplers: unknown sampler {kind!r}; expected qmc, gp or one of {', '.join(SEARCHERS)}")
+    return SEARCHERS[kind].sampler(seed)
 
 
 def search_once(kind: str, seed: int, budget: int, table: dict[tuple[int, ...], dict[str, Any]]) -> dict[str, Any]:
