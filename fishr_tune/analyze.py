@@ -163,10 +163,10 @@ def from_mlflow(tracking_uri: str, experiment: str, progress: Progress = _no_pro
     """The child (trial) runs of a sweep's experiment, one row per (run, step) as records.flatten would give."""
     from mlflow.tracking import MlflowClient
 
-    from fishr_tune.tracking import _quick_failures
+    from fishr_tune.tracking import quick_failures
 
     _check_store(tracking_uri)
-    _quick_failures()
+    quick_failures()
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None or found.lifecycle_stage == "deleted":

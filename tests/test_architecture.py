@@ -16,7 +16,6 @@ MAX_LINES = 400
 OVERSIZED_ALLOWED = {
     "fishr_tune.analyze",
     "fishr_tune.cli",
-    "fishr_tune.sweep.mlflow_callback",
 }
 
 
