@@ -61,9 +61,10 @@ def open_journal(spec: SweepSpec, journal_dir: Path) -> MlflowJournal:
 
 
 class TrackingCallback(Callback):
-    """Writes through `journal`, any Tracker (a sweep's MlflowJournal), and rebuilds its own state from the journal's
-    operations when a driver resumes. `inputs`: per dataset key (trial seed), the MLflow dataset entities of every split (mlflow_inputs.split_entities);
-    `resolved`: the settings as the sweep really used them (absolute paths, the dataset's label noise), for the parent."""
+    """Writes through `journal`, any Tracker (a sweep's MlflowJournal), and rebuilds its state from the journal's
+    operations when a driver resumes. `inputs`: per dataset key (trial seed), the MLflow dataset entities of every
+    split (mlflow_inputs.split_entities); `resolved`: the settings as the sweep really used them (absolute paths, the
+    dataset's label noise), for the parent."""
 
     def __init__(self, spec: SweepSpec, journal: Tracker, inputs: dict[str, Any] | None = None,
                  resolved: dict[str, Any] | None = None):
