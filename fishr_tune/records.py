@@ -41,6 +41,15 @@ KIND_TAG = "fishr_tune.kind"
 KIND_SWEEP = "sweep"
 KIND_TRIAL = "trial"
 ARGS_TAG = "fishr_tune.args"
+# A trial run's metrics beside its records: the best training-domain validation accuracy so far and its step (ties:
+# the earliest), so sorting the run list by best_val_acc ranks trials as analyze's training_domain selection does.
+# The parent run holds BEST_VAL_ACC + "_" + each group's flat name, and a SELECTED_RUN_TAG + flat name tag per group
+# naming the run id that training_domain selects.
+BEST_VAL_ACC = "best_val_acc"
+BEST_VAL_STEP = "best_val_step"
+SELECTED_RUN_TAG = "selected_run."
+# A digest of a trial's config (group, sample index, seed, hyperparameters), tagged on its run.
+CONFIG_TAG = "fishr_tune.config"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3 refuses the old ./mlruns file store
 VIEW_NAME = "Trials by best validation"  # the saved MLflow view of a sweep's trials ranked by best_val_acc
 SPLITS = ("in", "out")

@@ -27,7 +27,7 @@ def no_progress(items: Iterable[Any], total: int, description: str) -> Iterable[
 
 
 def _decode_param(value: str, keep_string: bool = False) -> Any:
-    """MLflow params are strings; fishr-tune JSON-encodes every value that was not a string (tracking._param_value)."""
+    """MLflow params are strings; fishr-tune JSON-encodes every value that was not a string (tracking.param_value)."""
     if keep_string:
         return value
     try:
@@ -89,10 +89,10 @@ def from_mlflow(tracking_uri: str, experiment: str, progress: Progress = no_prog
     """The child (trial) runs of a sweep's experiment, one row per (run, step) as records.flatten would give."""
     from mlflow.tracking import MlflowClient
 
-    from fishr_tune.tracking import _quick_failures
+    from fishr_tune.tracking import quick_failures
 
     _check_store(tracking_uri)
-    _quick_failures()
+    quick_failures()
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None or found.lifecycle_stage == "deleted":

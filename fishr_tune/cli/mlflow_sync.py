@@ -23,7 +23,7 @@ def mlflow_sync(experiment_dir: str, tracking_uri: str | None) -> None:
     """
     from pathlib import Path
 
-    from fishr_tune.sweep.mlflow_callback import JOURNAL_DIR
+    from fishr_tune.sweep.storage import JOURNAL_DIR
     from fishr_tune.tracking import MlflowJournal
 
     directory = Path(experiment_dir)

@@ -1,7 +1,7 @@
 """What a sweep's MLflow runs say about where they come from: dataset inputs (one per environment and split,
 with MLflow's digest and size) and source tags (entry point, git commit).
 
-Computed once in the driver, where the data is built, and journaled as plain dicts (fishr_tune.tracking), so
+Computed once in the driver, where the data is built, and journaled as plain dicts (fishr_tune.tracking.journal), so
 trials never talk to MLflow and a replayed journal logs the same inputs again (MLflow dedups them).
 """
 
@@ -20,7 +20,7 @@ TRAINING, VALIDATION, TEST = "training", "validation", "test"
 
 def _source(dataset: MultiDomainDataset, env: Any) -> Any:
     from mlflow.data.code_dataset_source import CodeDatasetSource
-    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]  # made at import
 
     root = getattr(env, "root", None)
     if root is not None:
@@ -36,8 +36,10 @@ def split_entities(dataset: MultiDomainDataset, trial_seed: int, holdout_fractio
     """
     import warnings
 
-    import mlflow.data
     import pandas as pd
+    from mlflow.data.dataset import Dataset
+    from mlflow.data.numpy_dataset import from_numpy
+    from mlflow.data.pandas_dataset import from_pandas
 
     out: dict[str, dict[str, Any]] = {}
     for index, env in enumerate(dataset.environments):
@@ -45,14 +47,15 @@ def split_entities(dataset: MultiDomainDataset, trial_seed: int, holdout_fractio
         for split, idx in (("in", in_idx), ("out", out_idx)):
             name = f"{dataset.name} ts{trial_seed} env{index} ({env.name}) {split}"
             keys = idx.numpy()
+            data: Dataset
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns in the schema
                 if hasattr(env, "x"):
-                    data = mlflow.data.from_numpy(env.x[idx].numpy(), source=_source(dataset, env),
-                                                  targets=env.y[idx].numpy(), name=name)
+                    data = from_numpy(env.x[idx].numpy(), source=_source(dataset, env),
+                                      targets=env.y[idx].numpy(), name=name)
                 else:
                     frame = pd.DataFrame({"file": np.asarray(env.files, dtype=object)[keys], "label": env.y[idx].numpy()})
-                    data = mlflow.data.from_pandas(frame, source=_source(dataset, env), targets="label", name=name)
+                    data = from_pandas(frame, source=_source(dataset, env), targets="label", name=name)
             entity = data._to_mlflow_entity()
             out[f"{index}/{split}"] = {"name": entity.name, "digest": entity.digest, "source_type": entity.source_type,
                                        "source": entity.source, "schema": entity.schema, "profile": entity.profile}

@@ -52,7 +52,7 @@ class SweepSummary:
     mlflow_journal: str = ""
     mlflow_pending: int = 0
     mlflow_error: str | None = None
-    mlflow_view: str = ""  # the saved view of the trials ranked by best_val_acc (mlflow_callback.trials_view)
+    mlflow_view: str = ""  # the saved view of the trials ranked by best_val_acc (tracking_text.trials_view)
 
     @property
     def interrupted(self) -> bool:

@@ -13,7 +13,6 @@ import yaml
 from fishr_tune import records
 from fishr_tune.errors import ConfigError
 from fishr_tune.sweep.cluster import check_ray_resources, trials_follow_the_cluster
-from fishr_tune.sweep.mlflow_callback import MlflowCallback, finish_sweep_run, open_journal, view_url
 from fishr_tune.sweep.mlflow_inputs import split_entities
 from fishr_tune.sweep.outcomes import SUMMARY_FILE, SweepSummary, summarize_sweep
 from fishr_tune.sweep.preflight import check_before_ray
@@ -22,8 +21,11 @@ from fishr_tune.sweep.schedule import GroupScheduler, make_stopping
 from fishr_tune.sweep.search import GroupSearcher
 from fishr_tune.sweep.spec import SweepSpec
 from fishr_tune.sweep.storage import SweepLocation
+from fishr_tune.sweep.tracking_callback import TrackingCallback, open_journal
+from fishr_tune.sweep.tracking_summary import finish_sweep_run
 from fishr_tune.sweep.trainable import dataset_key, sweep_trainable
 from fishr_tune.sweep.trial_logs import TRIAL_LOG_FILES, KeepTrialLogsOnRetry
+from fishr_tune.tracking.mlflow_ui import view_url
 from fishr_tune.yaml_io import parse_yaml
 
 SPEC_FILE = "sweep_spec.yaml"
@@ -161,9 +163,9 @@ def run_sweep(
         wrapped = tune.with_resources(tune.with_parameters(trainable, dataset_refs=dataset_refs, run=run_settings), resources)
         progress = ProgressCallback(spec, stream)
         journal = open_journal(spec, location.journal_dir)
-        mlflow_callback = MlflowCallback(spec, journal, inputs, {**resolved, "tracking_uri": journal.tracking_uri})
-        mlflow_callback.start_sweep_run()
-        run_callbacks = [progress, mlflow_callback, *callbacks, KeepTrialLogsOnRetry()]
+        tracking = TrackingCallback(spec, journal, inputs, {**resolved, "tracking_uri": journal.tracking_uri})
+        tracking.start_sweep_run()
+        run_callbacks = [progress, tracking, *callbacks, KeepTrialLogsOnRetry()]
         if resume:
             if not location.remote:  # Tune appends to each trial's result.json: a line torn by the crash goes aside first
                 for result_file in sorted(Path(location.uri.removeprefix("file://")).glob(f"*/{TRIAL_LOG_FILES[0]}")):
@@ -197,7 +199,7 @@ def run_sweep(
         with trials_follow_the_cluster(spec):
             tuner.fit()
         summary = summarize_sweep(progress.trials, spec, location.uri, time.monotonic() - started, progress.ended)
-        summary.mlflow_pending = finish_sweep_run(mlflow_callback, summary)
+        summary.mlflow_pending = finish_sweep_run(tracking, summary)
         summary.mlflow_error = journal.last_error
         summary.mlflow_journal = str(journal.directory)
         summary.tracking_uri = journal.tracking_uri

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOCAL_STATE_ROOT = Path.home() / ".cache" / "fishr-tune" / "sweeps"
+JOURNAL_DIR = "mlflow"  # the MLflow journal's directory name (fishr_tune.tracking.journal)
 
 
 def is_uri(path: str) -> bool:
@@ -41,9 +42,9 @@ class SweepLocation:
     def journal_dir(self) -> Path:
         """The MLflow journal: in the experiment directory when it is local, else in a driver-local cache."""
         if not is_uri(self.storage_path):
-            return Path(self.uri) / "mlflow"
+            return Path(self.uri) / JOURNAL_DIR
         digest = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
-        return LOCAL_STATE_ROOT / f"{self.name}-{digest}" / "mlflow"
+        return LOCAL_STATE_ROOT / f"{self.name}-{digest}" / JOURNAL_DIR
 
     def _filesystem(self):  # noqa: ANN202  (pyarrow.fs.FileSystem, base path)
         import pyarrow.fs

@@ -98,17 +98,17 @@ def test_parquet_round_trip_keeps_the_selection(tmp_path: Path) -> None:
 
 
 def log_sweep_to_mlflow(uri: str, name: str, runs: dict[str, list[dict]], args_tag: bool = True) -> None:
-    """What sweep/mlflow_callback.py writes: a parent run (kind sweep) and trial runs with params, tags, metrics."""
+    """What sweep/tracking_callback.py writes: a parent run (kind sweep) and trial runs with params, tags, metrics."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from fishr_tune.tracking import _param_value
+    from fishr_tune.tracking import param_value
 
     client = MlflowClient(uri)
     experiment = client.create_experiment(name)
     parent = client.create_run(experiment, tags={records.KIND_TAG: "sweep"})
     for key, value in {"steps": 3, "checkpoint_freq": 1, "holdout_fraction": 0.2, "label_noise": None, "data_dir": None}.items():
-        client.log_param(parent.info.run_id, key, _param_value(value))
+        client.log_param(parent.info.run_id, key, param_value(value))
     for run_name, recs in runs.items():
         args = recs[0]["args"]
         tags = {records.KIND_TAG: "trial", "dataset": args["dataset"], "algorithm": args["algorithm"],
@@ -118,7 +118,7 @@ def log_sweep_to_mlflow(uri: str, name: str, runs: dict[str, list[dict]], args_t
             tags[records.ARGS_TAG] = json.dumps(args)
         child = client.create_run(experiment, tags=tags, run_name=run_name)
         for key, value in recs[0]["hparams"].items():
-            client.log_param(child.info.run_id, key, _param_value(value))
+            client.log_param(child.info.run_id, key, param_value(value))
         for rec in recs:
             metrics = [Metric(k, float(v), 0, rec["step"]) for k, v in rec.items()
                        if k.endswith("_acc") or k in ("loss", "step_time")]

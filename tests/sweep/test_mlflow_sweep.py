@@ -17,11 +17,12 @@ from ray import cloudpickle, tune
 from ray.tune import Callback
 
 from fishr_tune import records
-from fishr_tune.sweep.mlflow_callback import JOURNAL_DIR
 from fishr_tune.sweep.runner import run_sweep
 from fishr_tune.sweep.spec import build_spec, load_spec
+from fishr_tune.sweep.storage import JOURNAL_DIR
 from fishr_tune.sweep.trainable import run_trial
-from fishr_tune.tracking import JOURNAL_FILE, KEY_TAG, SENT_FILE
+from fishr_tune.tracking.journal import JOURNAL_FILE, SENT_FILE
+from fishr_tune.tracking.mlflow_store import KEY_TAG
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -209,7 +210,7 @@ def test_a_retried_trial_keeps_one_run(local_ray, mlflow_server, tiny_sweep) -> 
 
 @pytest.mark.parametrize("uri", ["sqlite:///relative.db"])
 def test_relative_sqlite_uri_is_made_absolute(uri: str, tmp_path, monkeypatch) -> None:
-    from fishr_tune.sweep.mlflow_callback import resolve_tracking_uri
+    from fishr_tune.tracking import resolve_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     assert resolve_tracking_uri(uri) == f"sqlite:///{tmp_path / 'relative.db'}"
@@ -234,12 +235,12 @@ def report(callback: Any, trial: Any, step: int) -> None:
 
 
 def test_resume_re_adopts_or_closes_the_runs_of_trials_tune_lost(tiny_sweep, tmp_path) -> None:
-    from fishr_tune.sweep.mlflow_callback import MlflowCallback, open_journal
+    from fishr_tune.sweep.tracking_callback import TrackingCallback, open_journal
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = sweep_spec(tiny_sweep, "lost", uri)
     journal_dir = tmp_path / "journal"
-    first = MlflowCallback(spec, open_journal(spec, journal_dir))
+    first = TrackingCallback(spec, open_journal(spec, journal_dir))
     first.start_sweep_run()
     kept, recreated, gone = fake_trial("kept_00001", 0), fake_trial("lost_00002", 1), fake_trial("gone_00003", 2)
     for trial in (kept, recreated, gone):
@@ -248,7 +249,7 @@ def test_resume_re_adopts_or_closes_the_runs_of_trials_tune_lost(tiny_sweep, tmp
     report(first, recreated, 40)
     assert first.journal.flush(force=True) == 0  # then the driver is SIGKILLed; Tune's saved state names only `kept`
 
-    second = MlflowCallback(spec, open_journal(spec, journal_dir))
+    second = TrackingCallback(spec, open_journal(spec, journal_dir))
     second.on_step_begin(0, [kept])
     again = fake_trial("anew_00004", 1, status="RUNNING")  # the same configuration as `recreated`, a new trial id
     second.on_trial_start(0, [kept, again], again)
@@ -273,7 +274,7 @@ def test_resume_re_adopts_or_closes_the_runs_of_trials_tune_lost(tiny_sweep, tmp
     assert [m.step for m in client.get_metric_history(adopted.info.run_id, "val_acc")] == [0, 40, 80, 119]
     assert "no longer knows this trial" in by_trial["gone_00003"].data.tags["fishr_tune.note"]
 
-    third = MlflowCallback(spec, open_journal(spec, journal_dir))  # the journal alone rebuilds who owns what
+    third = TrackingCallback(spec, open_journal(spec, journal_dir))  # the journal alone rebuilds who owns what
     assert third.logged["anew_00004"] == {0, 40, 80, 119} and third.adoptable == {
         third.digests["gone_00003"]: "gone_00003"}
 

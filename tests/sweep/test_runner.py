@@ -674,8 +674,8 @@ def test_progress_display_on_a_terminal_is_a_table() -> None:
 
 def test_the_summary_points_to_the_saved_view_of_the_trials(tmp_path) -> None:
     """A local store has no server to link to: the line says how to start `mlflow ui` and where to open."""
-    from fishr_tune.sweep.mlflow_callback import VIEW_ID, view_url
     from fishr_tune.sweep.runner import SweepSummary
+    from fishr_tune.tracking.mlflow_ui import VIEW_ID, view_url
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment_id = MlflowClient(uri).create_experiment("viewed")

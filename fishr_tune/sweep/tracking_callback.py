@@ -1,13 +1,12 @@
-"""The sweep's MLflow records: a Tune callback that journals every trial's records (see fishr_tune.tracking).
+"""The sweep's tracking records: a Tune callback that writes every trial's records through a Tracker.
 
 Logging happens in the driver, from the results Tune already collects, so trials never talk to MLflow and
 a slow or dead tracking server never slows training. A retried or resumed trial keeps its Ray trial id and
-therefore its MLflow run; a (trial, step) already journaled is never journaled again.
+therefore its run; a (trial, step) already journaled is never journaled again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -23,146 +22,51 @@ from fishr_tune import records
 from fishr_tune.analysis.plots import accuracy_curves
 from fishr_tune.data import DATASET_ENVIRONMENTS
 from fishr_tune.hparams import apply_overrides, default_hparams
-from fishr_tune.space import Distribution
 from fishr_tune.sweep import mlflow_inputs
+from fishr_tune.sweep.outcomes import failure_reason
 from fishr_tune.sweep.spec import SweepSpec
+from fishr_tune.sweep.system_metrics import PREFIX as SYSTEM_PREFIX
+from fishr_tune.sweep.tracking_text import (
+    config_digest,
+    space_kinds,
+    sweep_description,
+    trial_description,
+    trial_run_name,
+    trials_view,
+)
 from fishr_tune.sweep.trial import FAILURE_KEY, GROUP_KEY
-from fishr_tune.tracking import MlflowJournal
+from fishr_tune.tracking import MlflowJournal, Tracker, resolve_tracking_uri
+from fishr_tune.tracking.mlflow_ui import (
+    DESCRIPTION_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    VIEW_ID,
+    VIEW_TAG_PREFIX,
+)
 
-SWEEP_KEY = "sweep"
-JOURNAL_DIR = "mlflow"
-VIEW_NAME = records.VIEW_NAME
+SWEEP_KEY = "sweep"  # the parent run's key; trial runs are keyed by their Ray trial id
 METRIC_NAMES = (records.VAL_ACC, records.VAL_NLL, records.LOSS, records.NLL, records.PENALTY, records.STEP_TIME,
                 records.INCONSISTENCY, records.INCONSISTENCY_DIAGONAL)
 FLUSH_INTERVAL_S = 2.0
-# The trial's args (seed, steps, label_noise, ...) as its first record held them, plus the sweep's data_dir:
-# what `fishr-tune analyze --best-config` needs to write a config that reruns the trial.
-# Within one trial: the best training-domain validation accuracy so far and its step (ties: the earliest), so
-# sorting the run list by best_val_acc ranks trials as `fishr-tune analyze`'s training_domain selection does.
-BEST_VAL_ACC = "best_val_acc"
-BEST_VAL_STEP = "best_val_step"
-SYSTEM_PREFIX = "system/"  # MLflow's system metrics (its UI shows them in their own section)
-DESCRIPTION_TAG = "mlflow.note.content"  # the run's (and the experiment's) description in MLflow's UI
-# The experiment tag MLflow 3's UI reads to pick its default view; without it an experiment opens on GenAI traces.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
 # One artifact path shared by every trial, so MLflow's compare view shows the trials' plots side by side. At the
 # root: that view (3.17) compares only the files of the root listing, and says "No common artifacts" for a folder.
 ACCURACY_PLOT = "accuracy.png"
-# MLflow 3.17 keeps the run list's columns, sort and filter per browser (localStorage): a new user sees Source, Models
-# and Dataset only. Its one experiment-side hook is a saved view, an experiment tag `mlflow.sharedViewState.<id>`
-# holding {name, createdAt, updatedAt, state: JSON string}, listed under *Views* and opened by
-# `#/experiments/<id>/runs?viewStateShareKey=<id>`. We save one per sweep: the trials, ranked by best_val_acc.
-VIEW_TAG_PREFIX = "mlflow.sharedViewState."
-VIEW_ID = "fishr-tune-trials"
-SELECTED_RUN_TAG = "selected_run."  # + flat group name, on the parent: the run id training_domain selects
-# A digest of the trial's config (group, sample index, seed, hyperparameters): after a driver crash Tune may re-create
-# a trial it had not yet saved under a new id; the same digest lets the new trial continue the old trial's run.
-CONFIG_TAG = "fishr_tune.config"
+# After a driver crash Tune may re-create a trial it had not yet saved under a new id; the same config digest
+# (records.CONFIG_TAG) lets the new trial continue the old trial's run, and this tag says so on the run.
 NOTE_TAG = "fishr_tune.note"
-
-
-def resolve_tracking_uri(uri: str) -> str:
-    """`sqlite:///relative.db` is made absolute so `mlflow-sync` from another directory finds the same store."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
-    return uri
 
 
 def open_journal(spec: SweepSpec, journal_dir: Path) -> MlflowJournal:
     return MlflowJournal(journal_dir, resolve_tracking_uri(spec.settings.tracking_uri), spec.name)
 
 
-def config_digest(config: dict[str, Any]) -> str:
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+class TrackingCallback(Callback):
+    """Writes through `journal`, any Tracker (a sweep's MlflowJournal), and rebuilds its state from the journal's
+    operations when a driver resumes. `inputs`: per dataset key (trial seed), the MLflow dataset entities of every
+    split (mlflow_inputs.split_entities); `resolved`: the settings as the sweep really used them (absolute paths, the
+    dataset's label noise), for the parent."""
 
-
-def trial_run_name(config: dict[str, Any], trial_id: str) -> str:
-    """The whole Ray trial id: the sweep's summary and `fishr-tune analyze` name trials by it, so a reader finds
-    their `Run` in MLflow's list as it is printed (a shortened id matched neither)."""
-    envs = "-".join(str(e) for e in config["test_envs"])
-    return f"{config['algorithm']} te{envs} ts{config['trial_seed']} {trial_id}"
-
-
-def flat_name(group: str) -> str:
-    """A group key (`Fishr/te2/ts0`) as one metric-name segment: MLflow's UI turns `/` into chart sections."""
-    return group.replace("/", "_")
-
-
-def _format_value(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def trial_description(config: dict[str, Any], outcome: str, best: tuple[float, int] | None) -> str:
-    """The run's description (Markdown): what was trained and how it ended."""
-    dataset = config["dataset"]
-    names = DATASET_ENVIRONMENTS.get(dataset, ())
-    tests = ", ".join(f"{e} ({names[e]})" if e < len(names) else str(e) for e in config["test_envs"])
-    searched = ", ".join(f"`{k}`={_format_value(v)}" for k, v in sorted(config.get("hparams", {}).items()))
-    lines = [f"**{config['algorithm']}** on {dataset}, test env {tests}, trial seed {config['trial_seed']} "
-             f"(group `{config.get(GROUP_KEY, '')}`).", "", f"**{outcome[0].upper()}{outcome[1:]}.**"]
-    if best is not None:
-        lines.append(f"Best training-domain validation accuracy {best[0]:.4f} at step {best[1]}.")
-    if searched:
-        lines += ["", f"Hyperparameters: {searched}."]
-    return "\n".join(lines)
-
-
-def space_kinds(spec: SweepSpec) -> dict[str, dict[str, str]]:
-    """Per algorithm: each searched hyperparameter's distribution kind (loguniform, choice, ...)."""
-    return {algorithm: {name: value.kind for name, value in space.items() if isinstance(value, Distribution)}
-            for algorithm, space in spec.spaces.items()}
-
-
-def sweep_description(spec: SweepSpec, outcome: str = "") -> str:
-    """The experiment's description: the search space's own `description`, then what the sweep covers. The parent
-    run's adds `outcome` (the selected trials) after the first, where MLflow's collapsed description still shows it."""
-    settings = spec.settings
-    scheduler = settings.scheduler
-    stopping = (f"ASHA (grace period {scheduler.grace_period} steps, reduction factor {scheduler.reduction_factor:g})"
-                if scheduler.type == "asha" else "no early stopping")
-    text = (f"{settings.dataset}: {', '.join(settings.algorithms)}; test envs {settings.test_envs}; trial seeds "
-            f"{settings.trial_seeds}; {settings.steps} steps, a checkpoint every {settings.checkpoint_freq}. "
-            f"{settings.search.algorithm.upper()} search, {settings.search.num_samples} configurations per group, {stopping}. "
-            f"Search space: `{spec.source}`. Rank trials by `best_val_acc` (training-domain validation; *Views* → "
-            f"*{VIEW_NAME}*), never by a test environment's accuracy.")
-    return "\n\n".join(part for part in (settings.description and settings.description.strip(), outcome, text) if part)
-
-
-def trials_view(spec: SweepSpec, now_ms: int | None = None) -> str:
-    """The saved view's tag value: trial runs only (a flat list, the parent hidden), sorted by best_val_acc, with
-    the columns that answer "which configuration is best": validation, where it peaked, the searched hyperparameters."""
-    searched = sorted({name for space in spec.spaces.values() for name, value in space.items() if isinstance(value, Distribution)})
-    columns = ([f"metrics.`{name}`" for name in (BEST_VAL_ACC, BEST_VAL_STEP, records.VAL_ACC)]
-               + [f"params.`{name}`" for name in searched] + ["tags.`group`", "tags.`status`"])
-    state = {"searchFilter": "tags.`fishr_tune.kind` = 'trial'", "orderByKey": f"metrics.`{BEST_VAL_ACC}`",
-             "orderByAsc": False, "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL"}
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return json.dumps({"name": VIEW_NAME, "createdAt": now_ms, "updatedAt": now_ms, "state": json.dumps(state)})
-
-
-def view_url(tracking_uri: str, experiment_name: str) -> str:
-    """Where the saved view opens: a full URL for a tracking server, the UI's route otherwise ("" if unknown)."""
-    from mlflow.tracking import MlflowClient
-
-    try:
-        experiment = MlflowClient(tracking_uri).get_experiment_by_name(experiment_name)
-    except Exception:  # noqa: BLE001  (a link is a convenience: never fail a finished sweep over it)
-        return ""
-    if experiment is None:
-        return ""
-    # workflowType: MLflow 3.17's UI otherwise keeps its GenAI navigation around the training-runs list
-    route = f"#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={VIEW_ID}&workflowType=machine_learning"
-    return f"{tracking_uri.rstrip('/')}/{route}" if tracking_uri.startswith(("http://", "https://")) else route
-
-
-class MlflowCallback(Callback):
-    """`inputs`: per dataset key (trial seed), the MLflow dataset entities of every split (mlflow_inputs.split_entities);
-    `resolved`: the settings as the sweep really used them (absolute paths, the dataset's label noise), for the parent."""
-
-    def __init__(self, spec: SweepSpec, journal: MlflowJournal, inputs: dict[str, Any] | None = None,
+    def __init__(self, spec: SweepSpec, journal: Tracker, inputs: dict[str, Any] | None = None,
                  resolved: dict[str, Any] | None = None):
         self.spec = spec
         self.journal = journal
@@ -188,8 +92,8 @@ class MlflowCallback(Callback):
             if op["op"] == "start":
                 self.started.add(key)
                 self.ended.discard(key)
-                if CONFIG_TAG in op.get("tags", {}):
-                    self.digests[key] = op["tags"][CONFIG_TAG]
+                if records.CONFIG_TAG in op.get("tags", {}):
+                    self.digests[key] = op["tags"][records.CONFIG_TAG]
                 if op["tags"].get(records.KIND_TAG) == records.KIND_TRIAL:
                     tags = op["tags"]
                     self.meta[key] = {"dataset": tags["dataset"], "algorithm": tags["algorithm"],
@@ -215,17 +119,15 @@ class MlflowCallback(Callback):
             elif op["op"] == "metrics":
                 self.logged[key].add(op["step"])
                 self.points[key].append({"step": op["step"], **op["metrics"]})
-                value = op["metrics"].get(BEST_VAL_ACC)
-                if value is not None and op["metrics"].get(BEST_VAL_STEP) is not None:
-                    self.best[key] = (float(value), int(op["metrics"][BEST_VAL_STEP]))
+                value = op["metrics"].get(records.BEST_VAL_ACC)
+                if value is not None and op["metrics"].get(records.BEST_VAL_STEP) is not None:
+                    self.best[key] = (float(value), int(op["metrics"][records.BEST_VAL_STEP]))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.spec, "journal_dir": str(self.journal.directory), "uri": self.journal.tracking_uri,
-                "inputs": self.inputs, "resolved": self.resolved}
+        return {"spec": self.spec, "journal": self.journal, "inputs": self.inputs, "resolved": self.resolved}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        journal = MlflowJournal(state["journal_dir"], state["uri"], state["spec"].name)
-        self.__init__(state["spec"], journal, state.get("inputs"), state.get("resolved"))  # type: ignore[misc]
+        self.__init__(state["spec"], state["journal"], state.get("inputs"), state.get("resolved"))  # type: ignore[misc]
 
     def start_sweep_run(self) -> None:
         if SWEEP_KEY in self.started:
@@ -265,7 +167,8 @@ class MlflowCallback(Callback):
             self._flusher.join()
             self._flusher = None
 
-    def setup(self, **info: Any) -> None:
+    def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
+              **info: Any) -> None:
         self.start_sweep_run()
         self._ensure_flusher()
 
@@ -324,7 +227,7 @@ class MlflowCallback(Callback):
             tags = {
                 "dataset": dataset, "algorithm": config["algorithm"], "test_envs": json.dumps(list(config["test_envs"])),
                 "trial_seed": config["trial_seed"], "group": config.get(GROUP_KEY, ""), "ray_trial_id": key,
-                "status": "running", records.KIND_TAG: records.KIND_TRIAL, CONFIG_TAG: digest,
+                "status": "running", records.KIND_TAG: records.KIND_TRIAL, records.CONFIG_TAG: digest,
                 DESCRIPTION_TAG: trial_description(config, "running", None), **self.source_tags,
             }
             for i, name in enumerate(DATASET_ENVIRONMENTS.get(dataset, ())):
@@ -356,7 +259,7 @@ class MlflowCallback(Callback):
         if isinstance(value, (int, float)) and value == value and (key not in self.best or value > self.best[key][0]):
             self.best[key] = (float(value), int(step))
         if key in self.best:
-            metrics[BEST_VAL_ACC], metrics[BEST_VAL_STEP] = self.best[key]
+            metrics[records.BEST_VAL_ACC], metrics[records.BEST_VAL_STEP] = self.best[key]
         timestamp = int(result.get("timestamp", time.time()) * 1000)
         self.journal.log_metrics(key, metrics, step=int(step), timestamp_ms=timestamp)
         self.logged[key].add(int(step))
@@ -412,67 +315,4 @@ class MlflowCallback(Callback):
             self._finish(trial, f"stopped early at step {step}{by}", "KILLED")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        from fishr_tune.sweep.outcomes import failure_reason
-
         self._finish(trial, f"failed: {failure_reason(trial)}", "FAILED")
-
-
-def finish_sweep_run(callback: MlflowCallback, summary: Any) -> int:
-    """The summary as the parent run's metrics and tags; returns the operations still pending."""
-    callback.stop_flusher()
-    journal = callback.journal
-    metrics = {
-        "trials": summary.trials, "finished": summary.finished, "stopped_early": summary.stopped_early,
-        "failed": summary.failed, "unfinished": summary.unfinished, "steps_trained": summary.steps_trained,
-        "steps_without_early_stopping": summary.steps_without_early_stopping, "wall_time_s": summary.wall_time_s,
-    }
-    journal.log_metrics(SWEEP_KEY, metrics, step=0)
-    best = {f"{BEST_VAL_ACC}_{flat_name(key)}": counts.best_val_acc for key, counts in summary.groups.items()
-            if counts.best_val_acc is not None}
-    if best:
-        journal.log_metrics(SWEEP_KEY, best, step=0)
-    selected = selected_trials(callback)
-    if selected:
-        journal.set_run_refs(SWEEP_KEY, {f"{SELECTED_RUN_TAG}{flat_name(group)}": key for group, key in selected.items()})
-        journal.set_tags(SWEEP_KEY, {DESCRIPTION_TAG: sweep_description(callback.spec, selection_note(callback, selected))})
-    journal.set_tags(SWEEP_KEY, {"status": "interrupted" if summary.unfinished else "finished"})
-    if not summary.unfinished:
-        journal.end_run(SWEEP_KEY, "FINISHED")
-    return journal.flush(force=True)
-
-
-def selection_note(callback: MlflowCallback, selected: dict[str, str]) -> str:
-    """The parent's description names each group's selected trial by its run name: the `selected_run.<group>`
-    tags hold run ids, which say nothing to a reader scanning the run list."""
-    lines = ["**Selected by training-domain validation** (tags `selected_run.<group>`):"]
-    for group, key in sorted(selected.items()):
-        meta = callback.meta.get(key)
-        name = trial_run_name(meta, key) if meta else key
-        best = callback.best.get(key)
-        lines.append(f"- `{group}`: **{name}**" + (f", best_val_acc {best[0]:.4f} at step {best[1]}" if best else ""))
-    return "\n".join(lines)
-
-
-def selected_trials(callback: MlflowCallback) -> dict[str, str]:
-    """Group key -> the trial that `fishr-tune analyze` selects with training_domain, from the journaled records."""
-    import pandas as pd
-
-    from fishr_tune.analysis.selection import select
-    from fishr_tune.analysis.table import RUN, selection_table
-
-    rows = []
-    for key, points in callback.points.items():
-        meta = callback.meta.get(key)
-        if meta is None:
-            continue
-        args = {f"args.{name}": value for name, value in meta.items()}
-        rows.extend({**args, **{k: v for k, v in point.items() if k.startswith("env")}, "step": point["step"], RUN: key}
-                    for point in points)
-    if not rows:
-        return {}
-    chosen = select(selection_table(pd.DataFrame(rows)), "training_domain")
-    out = {}
-    for row in chosen.to_dict("records"):
-        group = f"{row['algorithm']}/te{row['test_env']}/ts{row['trial_seed']}"
-        out[group] = str(row[RUN])
-    return out

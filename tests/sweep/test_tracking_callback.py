@@ -23,26 +23,22 @@ from mlflow.tracking import MlflowClient
 from fishr_tune import records
 from fishr_tune.cli import main
 from fishr_tune.data import get_dataset
-from fishr_tune.sweep.mlflow_callback import (
-    ACCURACY_PLOT,
-    BEST_VAL_ACC,
-    BEST_VAL_STEP,
-    DESCRIPTION_TAG,
-    EXPERIMENT_KIND,
-    EXPERIMENT_KIND_TAG,
-    SELECTED_RUN_TAG,
-    VIEW_ID,
-    VIEW_NAME,
-    VIEW_TAG_PREFIX,
-    MlflowCallback,
-    finish_sweep_run,
-)
+from fishr_tune.records import BEST_VAL_ACC, BEST_VAL_STEP, SELECTED_RUN_TAG, VIEW_NAME
 from fishr_tune.sweep.mlflow_inputs import split_entities
 from fishr_tune.sweep.outcomes import GroupCounts, SweepSummary
 from fishr_tune.sweep.spec import build_spec
+from fishr_tune.sweep.tracking_callback import ACCURACY_PLOT, TrackingCallback
+from fishr_tune.sweep.tracking_summary import finish_sweep_run
 from fishr_tune.sweep.trainable import STEPS_TRAINED, dataset_key, trial_train_config
 from fishr_tune.sweep.trial import GROUP_KEY, TrialSpec
 from fishr_tune.tracking import MlflowJournal
+from fishr_tune.tracking.mlflow_ui import (
+    DESCRIPTION_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    VIEW_ID,
+    VIEW_TAG_PREFIX,
+)
 from fishr_tune.training import Trainer
 
 GROUP = "ERM/te2/ts0"
@@ -91,7 +87,7 @@ def recorded_sweep(mlflow_server, tmp_path_factory) -> dict[str, Any]:
     entities = {dataset_key(0): split_entities(dataset, 0, 0.2)}
     resolved = {"label_noise": dataset.info["label_noise"], "storage_path": str(root), "tracking_uri": mlflow_server.uri}
     journal = MlflowJournal(root / "journal", mlflow_server.uri, "looks")
-    callback = MlflowCallback(spec, journal, entities, resolved)
+    callback = TrackingCallback(spec, journal, entities, resolved)
     callback.start_sweep_run()
     trials = {"full": FakeTrial("full0001", trial_config(2e-3, 64, 1)), "cut": FakeTrial("cut00002", trial_config(1e-3, 32, 2))}
     results = {"full": train_results(trials["full"].config, dataset, STEPS), "cut": train_results(trials["cut"].config, dataset, 100)}
@@ -223,7 +219,7 @@ def test_the_quickstart_files_description_reaches_its_experiment(mlflow_server, 
     spec = load_spec(source)
     spec = build_spec({**spec.settings.model_dump(mode="json"), "name": "qs-description", "tracking_uri": mlflow_server.uri,
                        "storage_path": str(tmp_path)}, str(source))
-    callback = MlflowCallback(spec, MlflowJournal(tmp_path / "journal", mlflow_server.uri, "qs-description"))
+    callback = TrackingCallback(spec, MlflowJournal(tmp_path / "journal", mlflow_server.uri, "qs-description"))
     callback.start_sweep_run()
     assert callback.journal.flush(force=True) == 0
     client = MlflowClient(mlflow_server.uri)

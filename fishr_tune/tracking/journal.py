@@ -2,14 +2,7 @@
 
 One experiment per sweep, a parent run per sweep and a child run per trial. Training never waits on MLflow:
 if the tracking server is unreachable, operations stay in the journal and are sent at the next flush (or by
-`fishr-tune mlflow-sync`). Replaying an operation is harmless, so a crash between sending and marking it sent
-neither loses nor duplicates anything:
-
-- runs are looked up by a key tag before being created, so a retried trial continues its own run;
-- metric points carry the timestamp they were journaled with, and MLflow's SQL store drops exact duplicates;
-- params are logged once with fixed values (re-logging the same value is accepted by MLflow);
-- tags and artifacts overwrite;
-- dataset inputs are deduplicated by (name, digest) in MLflow's SQL store.
+`fishr-tune mlflow-sync`). Sending replays each operation through mlflow_store, where replaying twice is harmless.
 """
 
 from __future__ import annotations
@@ -26,30 +19,25 @@ from pathlib import Path
 from typing import Any
 
 from fishr_tune import records
+from fishr_tune.errors import ConfigError
 from fishr_tune.files import write_text_atomically
+from fishr_tune.tracking import mlflow_store
 
 JOURNAL_FILE = "journal.jsonl"
 SENT_FILE = "sent"
 RUNS_FILE = "runs.json"
-KEY_TAG = "fishr_tune.key"
 RETRY_SECONDS = 10.0
 MAX_PARAM_LENGTH = 6000
-DATASET_CONTEXT_TAG = "mlflow.data.context"  # what the UI shows next to a run's dataset input (train / validation / test)
 
 
-def _quick_failures() -> None:
-    """An unreachable server must fail fast (MLflow's default retries for minutes); users can still override."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-
-
-def _param_value(value: Any) -> str:
+def param_value(value: Any) -> str:
+    """A param as MLflow stores it: strings as they are, anything else JSON-encoded (analyze decodes it back)."""
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     return text[:MAX_PARAM_LENGTH]
 
 
 class MlflowJournal:
-    """The journal of one sweep's MLflow operations, kept in `directory` (inside the sweep's storage)."""
+    """The journal of one sweep's MLflow operations, kept in `directory` (inside the sweep's storage): a Tracker."""
 
     def __init__(self, directory: str | os.PathLike[str], tracking_uri: str, experiment_name: str):
         self.directory = Path(directory)
@@ -70,11 +58,7 @@ class MlflowJournal:
         """Reopen a sweep's journal (for `mlflow-sync`), optionally against another tracking URI."""
         settings = Path(directory) / "settings.json"
         if not settings.exists():
-            from fishr_tune.errors import ConfigError
-
             raise ConfigError(f"{directory}: no MLflow journal here (expected {settings})")
-        from fishr_tune.errors import ConfigError
-
         try:
             saved = json.loads(settings.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -83,6 +67,10 @@ class MlflowJournal:
             if not isinstance(saved, dict) or not isinstance(saved.get(key), str) or not saved[key]:
                 raise ConfigError(f"{settings}: key {key!r}: expected a non-empty string (the file is damaged)")
         return cls(directory, tracking_uri or saved["tracking_uri"], saved["experiment"])
+
+    def __reduce__(self) -> tuple[type[MlflowJournal], tuple[str, str, str]]:
+        """Pickled as where it lives (Tune pickles the callback holding it); the lock and retry timer start afresh."""
+        return type(self), (str(self.directory), self.tracking_uri, self.experiment_name)
 
     # --- journaling (never touches the network) -------------------------------------------------------------
 
@@ -95,7 +83,7 @@ class MlflowJournal:
         tags: Mapping[str, Any] | None = None,
     ) -> None:
         self._append({"op": "start", "key": key, "name": name, "parent": parent,
-                      "params": {k: _param_value(v) for k, v in (params or {}).items()},
+                      "params": {k: param_value(v) for k, v in (params or {}).items()},
                       "tags": {k: str(v) for k, v in (tags or {}).items()}})
 
     def log_metrics(self, key: str, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
@@ -176,20 +164,18 @@ class MlflowJournal:
         """
         if not force and time.monotonic() < self._next_retry:
             return self.pending()
-        _quick_failures()
+        mlflow_store.quick_failures()
         with self._locked():
             ops = self.operations()
             done = self.sent_count()
             if done >= len(ops):
                 return 0
             try:
-                from mlflow.tracking import MlflowClient
-
-                client = MlflowClient(self.tracking_uri)
-                experiment_id = self._experiment_id(client)
+                client = mlflow_store.connect(self.tracking_uri)
+                experiment_id = mlflow_store.experiment_id(client, self.experiment_name)
                 runs = self._runs()
                 for index in range(done, len(ops)):
-                    self._send(client, experiment_id, runs, ops[index])
+                    mlflow_store.send(client, experiment_id, runs, ops[index], self._save_runs)
                     self._mark_sent(index + 1)
             except Exception as error:  # noqa: BLE001  (any client/transport error means "try later")
                 self.last_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
@@ -197,72 +183,3 @@ class MlflowJournal:
                 return len(ops) - self.sent_count()
             self.last_error = None
             return 0
-
-    def _experiment_id(self, client: Any) -> str:
-        experiment = client.get_experiment_by_name(self.experiment_name)
-        if experiment is not None:
-            if experiment.lifecycle_stage == "deleted":
-                client.restore_experiment(experiment.experiment_id)
-            return experiment.experiment_id
-        return client.create_experiment(self.experiment_name)
-
-    def _send(self, client: Any, experiment_id: str, runs: dict[str, str], op: Mapping[str, Any]) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
-        key = op["key"]
-        if op["op"] == "start":
-            run_id = runs.get(key) or self._find_run(client, experiment_id, key)
-            if run_id is None:
-                tags = {KEY_TAG: key, "mlflow.runName": op["name"], **op["tags"]}
-                if op["parent"] is not None:
-                    tags["mlflow.parentRunId"] = runs[op["parent"]]
-                run_id = client.create_run(experiment_id, tags=tags, run_name=op["name"]).info.run_id
-            else:
-                client.update_run(run_id, status="RUNNING")
-            runs[key] = run_id
-            self._save_runs(runs)
-            params = [Param(k, v) for k, v in op["params"].items()]
-            run_tags = [RunTag(k, v) for k, v in op["tags"].items()]
-            for start in range(0, max(len(params), 1), 100):
-                client.log_batch(run_id, params=params[start : start + 100], tags=run_tags if start == 0 else [])
-        elif op["op"] == "metrics":
-            metrics = [
-                Metric(name, value if value is not None else math.nan, op["timestamp"], op["step"])
-                for name, value in op["metrics"].items()
-            ]
-            client.log_batch(runs[key], metrics=metrics)
-        elif op["op"] == "tags":
-            client.log_batch(runs[key], tags=[RunTag(k, v) for k, v in op["tags"].items()])
-        elif op["op"] == "artifact":
-            if Path(op["path"]).exists():
-                client.log_artifact(runs[key], op["path"], op["artifact_path"])
-        elif op["op"] == "refs":
-            client.log_batch(runs[key], tags=[RunTag(k, runs[ref]) for k, ref in op["refs"].items() if ref in runs])
-        elif op["op"] == "inputs":
-            from mlflow.entities import Dataset, DatasetInput, InputTag
-
-            client.log_inputs(runs[key], [
-                DatasetInput(Dataset(**item["dataset"]), tags=[InputTag(DATASET_CONTEXT_TAG, item["context"])])
-                for item in op["inputs"]
-            ])
-        elif op["op"] == "experiment_tags":
-            for name, value in op["tags"].items():
-                client.set_experiment_tag(experiment_id, name, value)
-        elif op["op"] == "adopt":
-            run_id = (runs.get(key) or runs.get(op["from"]) or self._find_run(client, experiment_id, key)
-                      or self._find_run(client, experiment_id, op["from"]))
-            if run_id is None:
-                raise ValueError(f"journal: run {op['from']!r} to adopt for {key!r} was never started")
-            client.update_run(run_id, status="RUNNING")
-            client.log_batch(run_id, tags=[RunTag(KEY_TAG, key), *(RunTag(k, v) for k, v in op["tags"].items())])
-            runs[key] = run_id
-            self._save_runs(runs)
-        elif op["op"] == "end":
-            client.set_terminated(runs[key], status=op["status"])
-        else:
-            raise ValueError(f"unknown journal operation {op['op']!r}")
-
-    @staticmethod
-    def _find_run(client: Any, experiment_id: str, key: str) -> str | None:
-        found = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=1)
-        return found[0].info.run_id if found else None

@@ -7,7 +7,8 @@ import time
 from mlflow.tracking import MlflowClient
 
 from fishr_tune import records
-from fishr_tune.tracking import KEY_TAG, MlflowJournal
+from fishr_tune.tracking import MlflowJournal
+from fishr_tune.tracking.mlflow_store import KEY_TAG
 
 
 def write_trial(journal: MlflowJournal, key: str, steps: list[int]) -> None:
