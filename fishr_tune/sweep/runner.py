@@ -17,6 +17,7 @@ from fishr_tune.sweep.mlflow_inputs import split_entities
 from fishr_tune.sweep.outcomes import SUMMARY_FILE, SweepSummary, summarize_sweep
 from fishr_tune.sweep.preflight import check_before_ray
 from fishr_tune.sweep.progress import ProgressCallback
+from fishr_tune.sweep.saved_state import check_restorable
 from fishr_tune.sweep.schedule import GroupScheduler, make_stopping
 from fishr_tune.sweep.search import GroupSearcher
 from fishr_tune.sweep.spec import SweepSpec
@@ -58,6 +59,8 @@ def check_experiment_dir(spec: SweepSpec, resume: bool) -> SweepLocation:
         changed = sorted(k for k in mine if k not in ignored and previous.get(k) != mine[k])
         if changed:
             raise ConfigError(f"--resume: the sweep in {location.uri} was started with different settings ({', '.join(changed)})")
+    if resume:
+        check_restorable(location)
     return location
 
 

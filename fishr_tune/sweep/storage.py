@@ -60,6 +60,10 @@ class SweepLocation:
             stream.write(text.encode("utf-8"))
 
     def read_text(self, filename: str) -> str | None:
+        data = self.read_bytes(filename)
+        return None if data is None else data.decode("utf-8")
+
+    def read_bytes(self, filename: str) -> bytes | None:
         import pyarrow.fs
 
         filesystem, base = self._filesystem()
@@ -67,4 +71,15 @@ class SweepLocation:
         if filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
             return None
         with filesystem.open_input_stream(path) as stream:
-            return stream.read().decode("utf-8")
+            return bytes(stream.read())
+
+    def list_files(self, suffix: str = "") -> list[str]:
+        """Names of the files directly in the experiment directory that end with `suffix` (none if it is absent)."""
+        import pyarrow.fs
+
+        filesystem, base = self._filesystem()
+        if filesystem.get_file_info(base).type != pyarrow.fs.FileType.Directory:
+            return []
+        found = filesystem.get_file_info(pyarrow.fs.FileSelector(base))
+        return sorted(info.base_name for info in found
+                      if info.type == pyarrow.fs.FileType.File and info.base_name.endswith(suffix))
