@@ -34,7 +34,7 @@ from fishr_tune.sweep.tracking_text import (
     trial_run_name,
     trials_view,
 )
-from fishr_tune.sweep.trial import FAILURE_KEY, GROUP_KEY
+from fishr_tune.sweep.trial import FAILURE_KEY, Group, TrialSpec
 from fishr_tune.tracking import MlflowJournal, Tracker, resolve_tracking_uri
 from fishr_tune.tracking.mlflow_ui import (
     DESCRIPTION_TAG,
@@ -74,7 +74,7 @@ class TrackingCallback(Callback):
         self.resolved = resolved or {}
         self.source_tags = mlflow_inputs.source_tags(f"fishr-tune sweep {Path(spec.source).name}")
         self.best: dict[str, tuple[float, int]] = {}
-        self.meta: dict[str, dict[str, Any]] = {}
+        self.meta: dict[str, Group] = {}  # each trial's group, for run names and the selection at the end
         self.logged: dict[str, set[int]] = defaultdict(set)
         self.points: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.started: set[str] = set()
@@ -96,8 +96,8 @@ class TrackingCallback(Callback):
                     self.digests[key] = op["tags"][records.CONFIG_TAG]
                 if op["tags"].get(records.KIND_TAG) == records.KIND_TRIAL:
                     tags = op["tags"]
-                    self.meta[key] = {"dataset": tags["dataset"], "algorithm": tags["algorithm"],
-                                      "test_envs": json.loads(tags["test_envs"]), "trial_seed": int(tags["trial_seed"])}
+                    self.meta[key] = Group(tags["dataset"], tags["algorithm"], tuple(json.loads(tags["test_envs"])),
+                                           int(tags["trial_seed"]))
             elif op["op"] == "adopt":
                 previous = op["from"]
                 self.started.add(key)
@@ -205,6 +205,8 @@ class TrackingCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         config = trial.config
+        spec = TrialSpec.from_config(config)
+        group = _group_of(spec)
         key = trial.trial_id
         digest = config_digest(config)
         previous = self.adoptable.pop(digest, None) if key not in self.started else None
@@ -223,25 +225,23 @@ class TrackingCallback(Callback):
             if previous in self.args_tagged:
                 self.args_tagged.add(key)
         else:
-            dataset = config["dataset"]
             tags = {
-                "dataset": dataset, "algorithm": config["algorithm"], "test_envs": json.dumps(list(config["test_envs"])),
-                "trial_seed": config["trial_seed"], "group": config.get(GROUP_KEY, ""), "ray_trial_id": key,
+                "dataset": spec.dataset, "algorithm": spec.algorithm, "test_envs": json.dumps(list(spec.test_envs)),
+                "trial_seed": spec.trial_seed, "group": spec.group, "ray_trial_id": key,
                 "status": "running", records.KIND_TAG: records.KIND_TRIAL, records.CONFIG_TAG: digest,
-                DESCRIPTION_TAG: trial_description(config, "running", None), **self.source_tags,
+                DESCRIPTION_TAG: trial_description(spec, "running", None), **self.source_tags,
             }
-            for i, name in enumerate(DATASET_ENVIRONMENTS.get(dataset, ())):
+            for i, name in enumerate(DATASET_ENVIRONMENTS.get(spec.dataset, ())):
                 tags[f"env{i}"] = name
-            params = apply_overrides(config["algorithm"], dataset, default_hparams(config["algorithm"], dataset),
-                                     config.get("hparams", {}))
-            self.journal.start_run(key, trial_run_name(config, key), parent=SWEEP_KEY, params=params, tags=tags)
-            entities = self.inputs.get(f"trial_seed={config['trial_seed']}")
+            params = apply_overrides(spec.algorithm, spec.dataset, default_hparams(spec.algorithm, spec.dataset),
+                                     dict(spec.hparams))
+            self.journal.start_run(key, trial_run_name(group, key), parent=SWEEP_KEY, params=params, tags=tags)
+            entities = self.inputs.get(f"trial_seed={spec.trial_seed}")
             if entities:
-                self.journal.log_inputs(key, mlflow_inputs.trial_inputs(entities, list(config["test_envs"])))
+                self.journal.log_inputs(key, mlflow_inputs.trial_inputs(entities, list(spec.test_envs)))
             self.started.add(key)
             self.digests[key] = digest
-        self.meta[key] = {"dataset": config["dataset"], "algorithm": config["algorithm"],
-                          "test_envs": list(config["test_envs"]), "trial_seed": int(config["trial_seed"])}
+        self.meta[key] = group
         self._ensure_flusher()
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
@@ -277,21 +277,21 @@ class TrackingCallback(Callback):
         key = trial.trial_id
         if key not in self.started:
             self.on_trial_start(0, [], trial)
-        config = dict(trial.config)
+        spec = TrialSpec.from_config(trial.config)
         points = sorted(self.points.get(key, []), key=lambda p: p["step"])
         if self._closer is None:
             self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-close-run")
-        self._closing.append(self._closer.submit(self._close_run, key, config, points, status, mlflow_status))
+        self._closing.append(self._closer.submit(self._close_run, key, spec, points, status, mlflow_status))
 
-    def _close_run(self, key: str, config: dict[str, Any], points: list[dict[str, Any]], status: str,
+    def _close_run(self, key: str, spec: TrialSpec, points: list[dict[str, Any]], status: str,
                    mlflow_status: str) -> None:
         if points:
             plot = accuracy_curves(
-                points, list(config["test_envs"]), DATASET_ENVIRONMENTS.get(config["dataset"], ()),
-                f"{trial_run_name(config, key)} — {status}", self.journal.directory / "plots" / key / ACCURACY_PLOT,
+                points, list(spec.test_envs), DATASET_ENVIRONMENTS.get(spec.dataset, ()),
+                f"{trial_run_name(_group_of(spec), key)} — {status}", self.journal.directory / "plots" / key / ACCURACY_PLOT,
             )
             self.journal.log_artifact(key, plot)
-        self.journal.set_tags(key, {"status": status, DESCRIPTION_TAG: trial_description(config, status, self.best.get(key))})
+        self.journal.set_tags(key, {"status": status, DESCRIPTION_TAG: trial_description(spec, status, self.best.get(key))})
         self.journal.end_run(key, mlflow_status)
         self.ended.add(key)
 
@@ -316,3 +316,7 @@ class TrackingCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._finish(trial, f"failed: {failure_reason(trial)}", "FAILED")
+
+
+def _group_of(spec: TrialSpec) -> Group:
+    return Group(spec.dataset, spec.algorithm, spec.test_envs, spec.trial_seed)

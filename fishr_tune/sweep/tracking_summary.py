@@ -60,7 +60,8 @@ def selected_trials(callback: TrackingCallback) -> dict[str, str]:
         meta = callback.meta.get(key)
         if meta is None:
             continue
-        args = {f"args.{name}": value for name, value in meta.items()}
+        args = {"args.dataset": meta.dataset, "args.algorithm": meta.algorithm, "args.test_envs": list(meta.test_envs),
+                "args.trial_seed": meta.trial_seed}
         rows.extend({**args, **{k: v for k, v in point.items() if k.startswith("env")}, "step": point["step"], RUN: key}
                     for point in points)
     if not rows:

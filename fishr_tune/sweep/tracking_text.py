@@ -13,7 +13,7 @@ from fishr_tune import records
 from fishr_tune.data import DATASET_ENVIRONMENTS
 from fishr_tune.space import Distribution
 from fishr_tune.sweep.spec import SweepSpec
-from fishr_tune.sweep.trial import GROUP_KEY
+from fishr_tune.sweep.trial import Group, TrialSpec
 from fishr_tune.tracking.mlflow_ui import saved_view
 
 
@@ -22,11 +22,11 @@ def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
-def trial_run_name(config: dict[str, Any], trial_id: str) -> str:
+def trial_run_name(group: Group, trial_id: str) -> str:
     """The whole Ray trial id: the sweep's summary and `fishr-tune analyze` name trials by it, so a reader finds
     their `Run` in MLflow's list as it is printed (a shortened id matched neither)."""
-    envs = "-".join(str(e) for e in config["test_envs"])
-    return f"{config['algorithm']} te{envs} ts{config['trial_seed']} {trial_id}"
+    envs = "-".join(str(e) for e in group.test_envs)
+    return f"{group.algorithm} te{envs} ts{group.trial_seed} {trial_id}"
 
 
 def flat_name(group: str) -> str:
@@ -38,14 +38,13 @@ def _format_value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def trial_description(config: dict[str, Any], outcome: str, best: tuple[float, int] | None) -> str:
+def trial_description(trial: TrialSpec, outcome: str, best: tuple[float, int] | None) -> str:
     """The run's description (Markdown): what was trained and how it ended."""
-    dataset = config["dataset"]
-    names = DATASET_ENVIRONMENTS.get(dataset, ())
-    tests = ", ".join(f"{e} ({names[e]})" if e < len(names) else str(e) for e in config["test_envs"])
-    searched = ", ".join(f"`{k}`={_format_value(v)}" for k, v in sorted(config.get("hparams", {}).items()))
-    lines = [f"**{config['algorithm']}** on {dataset}, test env {tests}, trial seed {config['trial_seed']} "
-             f"(group `{config.get(GROUP_KEY, '')}`).", "", f"**{outcome[0].upper()}{outcome[1:]}.**"]
+    names = DATASET_ENVIRONMENTS.get(trial.dataset, ())
+    tests = ", ".join(f"{e} ({names[e]})" if e < len(names) else str(e) for e in trial.test_envs)
+    searched = ", ".join(f"`{k}`={_format_value(v)}" for k, v in sorted(trial.hparams.items()))
+    lines = [f"**{trial.algorithm}** on {trial.dataset}, test env {tests}, trial seed {trial.trial_seed} "
+             f"(group `{trial.group}`).", "", f"**{outcome[0].upper()}{outcome[1:]}.**"]
     if best is not None:
         lines.append(f"Best training-domain validation accuracy {best[0]:.4f} at step {best[1]}.")
     if searched:
