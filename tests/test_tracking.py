@@ -72,8 +72,8 @@ def test_a_retried_trial_continues_its_own_run(tmp_path) -> None:
 
 
 def test_server_outage_loses_and_duplicates_nothing(tmp_path, mlflow_server) -> None:
-    journal = MlflowJournal(tmp_path / "journal", mlflow_server.uri, "outage")
-    journal.start_run("sweep", "outage")
+    journal = MlflowJournal(tmp_path / "journal", mlflow_server.uri, "journal-outage")
+    journal.start_run("sweep", "journal-outage")
     write_trial(journal, "t1", [0, 100])
     assert journal.flush() == 0
     mlflow_server.stop()
@@ -85,7 +85,7 @@ def test_server_outage_loses_and_duplicates_nothing(tmp_path, mlflow_server) -> 
     mlflow_server.start()
     assert journal.flush(force=True) == 0
     client = MlflowClient(mlflow_server.uri)
-    runs = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("journal-outage").experiment_id])
     assert sorted(r.data.tags[KEY_TAG] for r in runs) == ["sweep", "t1", "t2"]
     t2 = next(r for r in runs if r.data.tags[KEY_TAG] == "t2")
     assert metric_points(client, t2.info.run_id, "env0_in_acc") == [(0, 0.0), (100, 1.0), (200, 2.0)]
