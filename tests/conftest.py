@@ -126,7 +126,10 @@ def mlflow_server(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[
         server.start()
     yield server
     if last_module_using(request, "mlflow_server"):
-        server.stop()
+        if server.process is not None:  # the end of the session, not an outage: no grace period to wait out
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(timeout=30)
+            server.process = None
         del _SHARED["mlflow"]
 
 
@@ -146,13 +149,29 @@ TINY_SWEEP: dict[str, Any] = {
 }
 
 
+@pytest.fixture(scope="session")
+def _mlflow_db_template() -> Path:
+    from mlflow.tracking import MlflowClient
+
+    path = _SCRATCH / "mlflow-template.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def tiny_sweep(tmp_path: Path) -> dict[str, Any]:
+def sqlite_uri(tmp_path: Path, _mlflow_db_template: Path) -> str:
+    """`sqlite:///<tmp_path>/mlflow.db`, its tables made: a copy of a database made once a session, as MLflow's
+    migrations take a second or more for each new database."""
+    shutil.copyfile(_mlflow_db_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path: Path, sqlite_uri: str) -> dict[str, Any]:
     """Settings of a 4-trial sweep (ERM and Fishr, 2 configurations each, 120 steps) stored under tmp_path."""
     import copy
 
-    return {**copy.deepcopy(TINY_SWEEP), "storage_path": str(tmp_path / "sweeps"),
-            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    return {**copy.deepcopy(TINY_SWEEP), "storage_path": str(tmp_path / "sweeps"), "tracking_uri": sqlite_uri}
 
 
 @pytest.fixture(scope="module")
