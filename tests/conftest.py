@@ -104,12 +104,33 @@ class MlflowServer:
             self.process = None
 
 
+def last_module_using(request: pytest.FixtureRequest, fixture: str) -> bool:
+    """Whether no test after this module needs `fixture`: shared servers stop there, not at the session's end,
+    so the tests after them run on a machine without them (some assert that no Ray is running)."""
+    items = request.session.items
+    mine = [i for i, item in enumerate(items) if item.module is request.module]
+    return not any(fixture in item.fixturenames for item in items[(mine[-1] + 1) if mine else 0:])
+
+
+_SHARED: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    server.start()
+def mlflow_server(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[MlflowServer]:
+    """One server for every module that needs one (starting one takes ~10 s); tests name their experiments
+    apart. A module that stopped it (an outage test) hands it on running."""
+    server = _SHARED.get("mlflow")
+    if server is None:
+        server = _SHARED["mlflow"] = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    if server.process is None:
+        server.start()
     yield server
-    server.stop()
+    if last_module_using(request, "mlflow_server"):
+        if server.process is not None:  # the end of the session, not an outage: no grace period to wait out
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(timeout=30)
+            server.process = None
+        del _SHARED["mlflow"]
 
 
 TINY_SWEEP: dict[str, Any] = {
@@ -128,33 +149,62 @@ TINY_SWEEP: dict[str, Any] = {
 }
 
 
+@pytest.fixture(scope="session")
+def _mlflow_db_template() -> Path:
+    from mlflow.tracking import MlflowClient
+
+    path = _SCRATCH / "mlflow-template.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def tiny_sweep(tmp_path: Path) -> dict[str, Any]:
+def sqlite_uri(tmp_path: Path, _mlflow_db_template: Path) -> str:
+    """`sqlite:///<tmp_path>/mlflow.db`, its tables made: a copy of a database made once a session, as MLflow's
+    migrations take a second or more for each new database."""
+    shutil.copyfile(_mlflow_db_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path: Path, sqlite_uri: str) -> dict[str, Any]:
     """Settings of a 4-trial sweep (ERM and Fishr, 2 configurations each, 120 steps) stored under tmp_path."""
     import copy
 
-    return {**copy.deepcopy(TINY_SWEEP), "storage_path": str(tmp_path / "sweeps"),
-            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    return {**copy.deepcopy(TINY_SWEEP), "storage_path": str(tmp_path / "sweeps"), "tracking_uri": sqlite_uri}
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[Path]:
+def local_ray(request: pytest.FixtureRequest) -> Iterator[Path]:
     """A 2-CPU local Ray (HOME and RAY_TMPDIR are isolated for the session by pytest_configure); yields a
-    directory where fault-injecting trainables leave their marks."""
+    directory where fault-injecting trainables leave their marks, empty at each module's start.
+
+    Consecutive modules share one Ray (starting and stopping one takes ~5 s); it stops after the last module
+    that needs it. The marks directory is fixed while Ray runs: its workers inherit the environment it started in.
+    """
     import ray
 
-    scratch = Path(tempfile.mkdtemp(prefix="rsw", dir="/tmp"))
-    saved = {FAULTS_ENV: os.environ.get(FAULTS_ENV)}
-    (scratch / "faults").mkdir()
-    os.environ[FAULTS_ENV] = str(scratch / "faults")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():
+        scratch = Path(tempfile.mkdtemp(prefix="rsw", dir="/tmp"))
+        (scratch / "faults").mkdir()
+        _SHARED["ray"] = (scratch, os.environ.get(FAULTS_ENV))
+        os.environ[FAULTS_ENV] = str(scratch / "faults")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    scratch, saved = _SHARED["ray"]
+    faults = scratch / "faults"
+    for mark in faults.iterdir():
+        if mark.is_dir():
+            shutil.rmtree(mark)
+        else:
+            mark.unlink()
     try:
-        yield scratch / "faults"
+        yield faults
     finally:
-        ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
+        if last_module_using(request, "local_ray"):
+            ray.shutdown()
+            if saved is None:
+                os.environ.pop(FAULTS_ENV, None)
             else:
-                os.environ[key] = value
-        shutil.rmtree(scratch, ignore_errors=True)
+                os.environ[FAULTS_ENV] = saved
+            shutil.rmtree(scratch, ignore_errors=True)
+            del _SHARED["ray"]

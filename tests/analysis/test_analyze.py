@@ -125,8 +125,8 @@ def log_sweep_to_mlflow(uri: str, name: str, runs: dict[str, list[dict]], args_t
             client.log_batch(child.info.run_id, metrics=metrics)
 
 
-def test_mlflow_gatherer_rebuilds_the_records(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_mlflow_gatherer_rebuilds_the_records(tmp_path: Path, sqlite_uri: str) -> None:
+    uri = sqlite_uri
     log_sweep_to_mlflow(uri, "quick", RUNS)
     sweep = from_mlflow(uri, "quick")
     table = sweep.table
@@ -140,15 +140,15 @@ def test_mlflow_gatherer_rebuilds_the_records(tmp_path: Path) -> None:
     assert (chosen["run"], chosen["step"], chosen["test_acc"]) == ("trial_a", 1, pytest.approx(0.40))
 
 
-def test_mlflow_runs_without_the_args_tag_fall_back_to_tags_and_the_sweep_params(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_mlflow_runs_without_the_args_tag_fall_back_to_tags_and_the_sweep_params(tmp_path: Path, sqlite_uri: str) -> None:
+    uri = sqlite_uri
     log_sweep_to_mlflow(uri, "old", RUNS, args_tag=False)
     table = from_mlflow(uri, "old").table
     assert set(table["args.steps"]) == {3} and set(table["args.algorithm"]) == {"ERM"} and "args.seed" not in table
 
 
-def test_unknown_experiment_lists_the_existing_ones(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_unknown_experiment_lists_the_existing_ones(tmp_path: Path, sqlite_uri: str) -> None:
+    uri = sqlite_uri
     log_sweep_to_mlflow(uri, "quick", RUNS)
     result = CliRunner().invoke(main, ["analyze", "--experiment", "nope", "--tracking-uri", uri])
     assert result.exit_code == 2
@@ -207,10 +207,10 @@ def test_one_file_per_dataset_and_group_when_datasets_share_a_group_name(tmp_pat
     assert [yaml.safe_load(p.read_text())["dataset"] for p in written] == [DATASET, "ColoredMNIST"]
 
 
-def test_best_config_of_a_run_without_a_recorded_seed_says_it_does_not_reproduce(tmp_path: Path) -> None:
+def test_best_config_of_a_run_without_a_recorded_seed_says_it_does_not_reproduce(tmp_path: Path, sqlite_uri: str) -> None:
     """MLflow trial runs without the args tag have no seed: the file is written for its hyperparameters, but the
     command warns and the file's header says so, rather than letting training silently fall back to seed 0."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri
     log_sweep_to_mlflow(uri, "old", RUNS, args_tag=False)
     target = tmp_path / "best.yaml"
     result = CliRunner().invoke(main, ["analyze", "--experiment", "old", "--tracking-uri", uri, "--selection",

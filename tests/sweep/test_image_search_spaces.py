@@ -35,7 +35,7 @@ def test_image_search_spaces_validate(dataset: str, algorithm: str) -> None:
     assert spec.settings.resources.gpu == 1
 
 
-def test_an_image_search_space_starts_on_a_miniature(local_ray, tmp_path) -> None:
+def test_an_image_search_space_starts_on_a_miniature(local_ray, tmp_path, sqlite_uri) -> None:
     """The shipped PACS file, shrunk to CPU size (one group, 3 steps, ResNet-18 at 32 px on generated images),
     runs as a sweep: its structure is not only valid but usable."""
     import os
@@ -49,7 +49,7 @@ def test_an_image_search_space_starts_on_a_miniature(local_ray, tmp_path) -> Non
     write_synthetic_dataset("PACS", tmp_path / "data", images_per_class=3)
     values = yaml.safe_load((SEARCH_SPACES / "pacs_fishr.yaml").read_text())
     values.update(test_envs=[0], trial_seeds=[0], steps=3, checkpoint_freq=2, data_dir=str(tmp_path / "data"),
-                  storage_path=str(tmp_path / "sweeps"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                  storage_path=str(tmp_path / "sweeps"), tracking_uri=sqlite_uri,
                   resources={"cpu": 1, "gpu": 0}, search={"algorithm": "random", "num_samples": 1, "seed": 0},
                   scheduler="none")
     values["hyperparameters"].update(featurizer="resnet18", resnet_weights="none", image_size=32, batch_size=4)

@@ -94,6 +94,8 @@ def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_r
     erm = next(c for c in children if c.data.tags["algorithm"] == "ERM")
     assert records.PENALTY not in erm.data.metrics
     assert not any(records.INCONSISTENCY in c.data.metrics for c in children)  # only when the sweep asks for it
+    # system metrics only when asked (this file does not ask): the not-asked case of the test below
+    assert not any(k.startswith("system/") for c in children for k in c.data.metrics)
     parent, _ = mlflow_runs(mlflow_server.uri, "mirror")
     assert parent.data.metrics["finished"] == 4 and parent.data.params["dataset"] == "ColoredMNIST-IRM"
     # the settings as the sweep used them: the dataset's label noise, absolute storage path, the tracking URI
@@ -107,7 +109,8 @@ def test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point(local_r
     assert Path(downloaded).read_text() == source.read_text()
 
 
-@pytest.mark.parametrize("system_metrics", [True, False], ids=["asked", "not-asked"])
+# not asked: no system metrics, asserted on the sweep of test_sweep_gives_one_parent_and_one_child_per_trial_with_every_point
+@pytest.mark.parametrize("system_metrics", [True], ids=["asked"])
 def test_system_metrics_reach_every_trial_run_only_when_asked(local_ray, mlflow_server, tiny_sweep, system_metrics) -> None:
     """`system_metrics: true` gives every trial run MLflow's `system/...` metrics at each checkpoint; without it, none."""
     import psutil
@@ -194,6 +197,11 @@ def crash_once(config: dict[str, Any], dataset_refs: Any, run: Any) -> None:
     run_trial(config, dataset_refs, run, after_report=after_report)
 
 
+# Slow: a third Ray sweep in this file (~10 s). The default suite keeps the behaviour in tests/sweep/test_runner.py::
+# test_crashed_trials_resume_from_their_checkpoint_and_divergence_fails_one_trial (every trial crashes once: one MLflow
+# run per trial, its status, each checkpoint's metrics once) and tests/test_tracking.py::
+# test_a_retried_trial_continues_its_own_run (the journal's retry); the server path by the outage test above.
+@pytest.mark.slow
 def test_a_retried_trial_keeps_one_run(local_ray, mlflow_server, tiny_sweep) -> None:
     uri = mlflow_server.uri
     spec = sweep_spec({**tiny_sweep, "algorithms": ["ERM"], "per_algorithm": {}}, "retry", uri)

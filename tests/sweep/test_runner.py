@@ -92,8 +92,9 @@ def crash_once_then_diverge(config: dict[str, Any], dataset_refs: Any, run: Any)
     run_trial(config, dataset_refs, run, after_report=after_report)
 
 
-def test_crashed_trials_resume_from_their_checkpoint_and_divergence_fails_one_trial(local_ray: Path, tmp_path: Path) -> None:
-    spec = spec_for(tmp_path)
+def test_crashed_trials_resume_from_their_checkpoint_and_divergence_fails_one_trial(local_ray: Path, tmp_path: Path,
+                                                                                   sqlite_uri: str) -> None:
+    spec = spec_for(tmp_path, tracking_uri=sqlite_uri)
     summary = run_sweep(spec, trainable=crash_once_then_diverge, stream=open(os.devnull, "w"))
     results = trial_results(Path(summary.experiment_dir))
     assert len(results) == 2
@@ -153,10 +154,10 @@ class StaleStorageAtRetry(tune.Callback):
             out.write("".join(lines[:-1]).encode())
 
 
-def test_a_retried_trial_keeps_every_record_logged_before_its_crash(local_ray: Path, tmp_path: Path) -> None:
+def test_a_retried_trial_keeps_every_record_logged_before_its_crash(local_ray: Path, tmp_path: Path, sqlite_uri: str) -> None:
     """A retried trial restarts from its checkpoint, and Tune's loggers then copy its result.json back from the
     storage, which may be older than the driver's: the records logged since the last sync must not be lost."""
-    spec = spec_for(tmp_path, name="retry_logs", search={"num_samples": 1, "seed": 0})
+    spec = spec_for(tmp_path, name="retry_logs", search={"num_samples": 1, "seed": 0}, tracking_uri=sqlite_uri)
     summary = run_sweep(spec, trainable=crash_once_after_step_40, callbacks=[StaleStorageAtRetry()],
                         stream=open(os.devnull, "w"))
     assert len(list(local_ray.glob("sync-*"))) == 1  # the trial did crash
@@ -196,10 +197,10 @@ def asha_rungs(grace_period: int, reduction_factor: float, steps: int) -> set[fl
     return rungs
 
 
-def test_asha_stops_the_bad_trial_of_each_group_at_a_rung(local_ray: Path, tmp_path: Path) -> None:
+def test_asha_stops_the_bad_trial_of_each_group_at_a_rung(local_ray: Path, tmp_path: Path, sqlite_uri: str) -> None:
     import io
 
-    spec = spec_for(tmp_path, **ASHA_SWEEP)
+    spec = spec_for(tmp_path, **ASHA_SWEEP, tracking_uri=sqlite_uri)
     display = io.StringIO()
     summary = run_sweep(spec, stream=display)
     results = trial_results(Path(summary.experiment_dir))
@@ -289,8 +290,9 @@ def logged_trial(config: dict[str, Any], dataset_refs: Any, run: Any) -> None:
     run_trial(config, dataset_refs, run, after_report=after_report)
 
 
-def test_interrupted_sweep_resumes_without_running_any_trial_twice(local_ray: Path, tmp_path: Path) -> None:
-    spec = spec_for(tmp_path, name="resumable", steps=240, trial_seeds=[0, 1], search={"num_samples": 2, "seed": 1})
+def test_interrupted_sweep_resumes_without_running_any_trial_twice(local_ray: Path, tmp_path: Path, sqlite_uri: str) -> None:
+    spec = spec_for(tmp_path, name="resumable", steps=240, trial_seeds=[0, 1], search={"num_samples": 2, "seed": 1},
+                    tracking_uri=sqlite_uri)
     interrupt = InterruptAtAFinalRecord(final_step=239)
     first = run_sweep(spec, trainable=logged_trial, callbacks=[interrupt], stream=open(os.devnull, "w"))
     assert first.interrupted and first.finished >= 1, first
@@ -672,12 +674,12 @@ def test_progress_display_on_a_terminal_is_a_table() -> None:
     assert (restored.spec.name, restored.interval_s, restored.stream, restored.live) == ("progress", 5.0, sys.stdout, None)
 
 
-def test_the_summary_points_to_the_saved_view_of_the_trials(tmp_path) -> None:
+def test_the_summary_points_to_the_saved_view_of_the_trials(tmp_path, sqlite_uri: str) -> None:
     """A local store has no server to link to: the line says how to start `mlflow ui` and where to open."""
     from fishr_tune.sweep.runner import SweepSummary
     from fishr_tune.tracking.mlflow_ui import VIEW_ID, view_url
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri
     experiment_id = MlflowClient(uri).create_experiment("viewed")
     route = view_url(uri, "viewed")
     assert route == f"#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_ID}&workflowType=machine_learning"

@@ -29,12 +29,12 @@ def test_uri_storage_reads_and_writes_through_pyarrow_and_journals_locally(tmp_p
     assert SweepLocation.of("s3://other/x", "pacs").journal_dir != remote.journal_dir
 
 
-def test_a_sweep_runs_and_resumes_on_uri_storage(local_ray, tmp_path) -> None:
+def test_a_sweep_runs_and_resumes_on_uri_storage(local_ray, tmp_path, sqlite_uri) -> None:
     values = {
         "name": "uri", "dataset": "ColoredMNIST-IRM", "algorithms": ["ERM"], "test_envs": [2], "trial_seeds": [0],
         "steps": 40, "checkpoint_freq": 20, "hyperparameters": {"batch_size": 32, "hidden_dim": 32},
         "search": {"algorithm": "random", "num_samples": 2, "seed": 0}, "scheduler": "none", "resources": {"cpu": 1},
-        "storage_path": f"file://{tmp_path}/bucket", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "storage_path": f"file://{tmp_path}/bucket", "tracking_uri": sqlite_uri,
     }
     summary = run_sweep(build_spec(values, "uri.yaml"), stream=open(os.devnull, "w"))
     assert summary.finished == 2 and summary.mlflow_pending == 0

@@ -22,8 +22,8 @@ def metric_points(client: MlflowClient, run_id: str, name: str) -> list[tuple[in
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
 
 
-def test_parent_and_child_runs_in_sqlite(tmp_path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_parent_and_child_runs_in_sqlite(tmp_path, sqlite_uri: str) -> None:
+    uri = sqlite_uri
     journal = MlflowJournal(tmp_path / "journal", uri, "quickstart")
     journal.start_run("sweep", "quickstart", params={"steps": 600})
     write_trial(journal, "t1", [0, 100, 200])
@@ -40,8 +40,8 @@ def test_parent_and_child_runs_in_sqlite(tmp_path) -> None:
     assert metric_points(client, child.info.run_id, "env0_in_acc") == [(0, 0.0), (100, 1.0), (200, 2.0)]
 
 
-def test_replaying_the_journal_duplicates_nothing(tmp_path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_replaying_the_journal_duplicates_nothing(tmp_path, sqlite_uri: str) -> None:
+    uri = sqlite_uri
     journal = MlflowJournal(tmp_path / "journal", uri, "replay")
     journal.start_run("sweep", "replay")
     write_trial(journal, "t1", [0, 100])
@@ -57,8 +57,8 @@ def test_replaying_the_journal_duplicates_nothing(tmp_path) -> None:
     assert metric_points(client, child.info.run_id, "val_acc") == [(0, 0.0), (100, 0.5)]
 
 
-def test_a_retried_trial_continues_its_own_run(tmp_path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_retried_trial_continues_its_own_run(tmp_path, sqlite_uri: str) -> None:
+    uri = sqlite_uri
     journal = MlflowJournal(tmp_path / "journal", uri, "retry")
     journal.start_run("sweep", "retry")
     write_trial(journal, "t1", [0, 100])
@@ -73,8 +73,8 @@ def test_a_retried_trial_continues_its_own_run(tmp_path) -> None:
 
 
 def test_server_outage_loses_and_duplicates_nothing(tmp_path, mlflow_server) -> None:
-    journal = MlflowJournal(tmp_path / "journal", mlflow_server.uri, "outage")
-    journal.start_run("sweep", "outage")
+    journal = MlflowJournal(tmp_path / "journal", mlflow_server.uri, "journal-outage")
+    journal.start_run("sweep", "journal-outage")
     write_trial(journal, "t1", [0, 100])
     assert journal.flush() == 0
     mlflow_server.stop()
@@ -86,14 +86,14 @@ def test_server_outage_loses_and_duplicates_nothing(tmp_path, mlflow_server) -> 
     mlflow_server.start()
     assert journal.flush(force=True) == 0
     client = MlflowClient(mlflow_server.uri)
-    runs = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("journal-outage").experiment_id])
     assert sorted(r.data.tags[KEY_TAG] for r in runs) == ["sweep", "t1", "t2"]
     t2 = next(r for r in runs if r.data.tags[KEY_TAG] == "t2")
     assert metric_points(client, t2.info.run_id, "env0_in_acc") == [(0, 0.0), (100, 1.0), (200, 2.0)]
 
 
-def test_sync_reopens_a_journal(tmp_path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_sync_reopens_a_journal(tmp_path, sqlite_uri: str) -> None:
+    uri = sqlite_uri
     journal = MlflowJournal(tmp_path / "journal", "http://127.0.0.1:9", "later")
     journal.start_run("sweep", "later")
     assert journal.flush(force=True) == 1
@@ -102,7 +102,7 @@ def test_sync_reopens_a_journal(tmp_path) -> None:
     assert MlflowClient(uri).get_experiment_by_name("later") is not None
 
 
-def test_mlflow_sync_command(tmp_path) -> None:
+def test_mlflow_sync_command(tmp_path, sqlite_uri: str) -> None:
     from click.testing import CliRunner
 
     from fishr_tune.cli import main
@@ -113,7 +113,7 @@ def test_mlflow_sync_command(tmp_path) -> None:
     runner = CliRunner()
     down = runner.invoke(main, ["mlflow-sync", str(tmp_path / "sweep")])
     assert down.exit_code == 1 and "4 still pending" in down.output
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri
     up = runner.invoke(main, ["mlflow-sync", str(tmp_path / "sweep"), "--tracking-uri", uri])
     assert up.exit_code == 0 and "4 operations sent" in up.output
     assert len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("synced").experiment_id])) == 2
@@ -121,7 +121,7 @@ def test_mlflow_sync_command(tmp_path) -> None:
     assert missing.exit_code == 2 and "no MLflow journal here" in missing.output
 
 
-def test_one_log_batch_per_checkpoint(tmp_path, monkeypatch) -> None:
+def test_one_log_batch_per_checkpoint(tmp_path, sqlite_uri: str, monkeypatch) -> None:
     """Each checkpoint's metrics go in one log_batch call, sent once, however often the journal is flushed.
 
     The other batches, stated: a run's start sends its params and tags in batches of at most 100 params (the
@@ -135,7 +135,7 @@ def test_one_log_batch_per_checkpoint(tmp_path, monkeypatch) -> None:
         return original(self, run_id, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "log_batch", counting_log_batch)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri
     journal = MlflowJournal(tmp_path / "journal", uri, "batches")
     journal.start_run("sweep", "batches", params={f"p{i}": i for i in range(150)}, tags={records.KIND_TAG: records.KIND_SWEEP})
     journal.start_run("t1", "ERM te2 ts0 t1", parent="sweep", params={"lr": 1e-3, "batch_size": 32}, tags={"algorithm": "ERM"})
@@ -199,7 +199,7 @@ def test_a_torn_journal_line_then_more_operations_reach_a_real_server_exactly_on
     assert by_key["t1"].info.status == by_key["t2"].info.status == "FINISHED"
 
 
-def test_mlflow_sync_sends_everything_after_a_bad_line(tmp_path) -> None:
+def test_mlflow_sync_sends_everything_after_a_bad_line(tmp_path, sqlite_uri: str) -> None:
     """A journal left by an appender that did not repair its torn tail: the torn op and the next one share a line."""
     from click.testing import CliRunner
 
@@ -216,7 +216,7 @@ def test_mlflow_sync_sends_everything_after_a_bad_line(tmp_path) -> None:
         handle.write("garbage\n")
     journal.log_metrics("t1", {"val_acc": 0.75}, step=40, timestamp_ms=6)
     journal.end_run("t1")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri
     result = CliRunner().invoke(main, ["mlflow-sync", str(tmp_path / "sweep"), "--tracking-uri", uri])
     assert result.exit_code == 0 and "5 operations sent" in result.output, result.output
     client = MlflowClient(uri)
