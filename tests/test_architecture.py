@@ -6,14 +6,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "fishr_tune"
 MAX_LINES = 400
 
-# Modules still over MAX_LINES, each waiting for its split. The test fails when one grows into the list's reach
-# and is missing, and when one listed here is under the limit (or gone), so the list only ever shrinks.
-OVERSIZED_ALLOWED: set[str] = set()
 
 
 def _modules() -> dict[str, Path]:
@@ -159,15 +154,5 @@ def test_no_import_cycles():
 
 def test_no_module_over_the_line_limit():
     counts = line_counts()
-    over = {name: n for name, n in counts.items() if n > MAX_LINES}
-    new = sorted(set(over) - OVERSIZED_ALLOWED)
-    assert not new, f"modules over {MAX_LINES} lines: " + ", ".join(f"{name} ({over[name]})" for name in new)
-
-
-@pytest.mark.parametrize("name", sorted(OVERSIZED_ALLOWED))
-def test_oversized_allow_list_is_not_stale(name):
-    counts = line_counts()
-    assert name in counts, f"{name} is in OVERSIZED_ALLOWED but no longer exists: drop it from the list"
-    assert counts[name] > MAX_LINES, (
-        f"{name} has {counts[name]} lines (<= {MAX_LINES}): drop it from OVERSIZED_ALLOWED"
-    )
+    over = {name: n for name, n in sorted(counts.items()) if n > MAX_LINES}
+    assert not over, f"modules over {MAX_LINES} lines: " + ", ".join(f"{name} ({n})" for name, n in over.items())
