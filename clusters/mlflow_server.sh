@@ -49,7 +49,11 @@ stop_pid_file() {  # $1: pid file, $2: what its process must be running
     if runs "$pid" "$2"; then
         kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 100); do runs "$pid" "$2" || break; sleep 0.1; done
-        if runs "$pid" "$2"; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
+        if runs "$pid" "$2"; then
+            kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+            # SIGKILL is delivered asynchronously: return only once it is gone, so a restart finds the port free.
+            for _ in $(seq 50); do runs "$pid" "$2" || break; sleep 0.1; done
+        fi
     fi
     rm -f "$1"
 }
