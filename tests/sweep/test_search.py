@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -21,12 +20,6 @@ SPACES = {
     "Fishr": {"lr": Distribution("loguniform", 1e-4, 1e-2), "lambda": Distribution("loguniform", 10, 1e4),
               "penalty_anneal_iters": Distribution("int", 0, 500), "ema": 0.95},
 }
-
-
-@dataclass
-class FakeTrial:
-    trial_id: str
-    config: dict[str, Any] = field(default_factory=dict)
 
 
 def result(val_acc: float, step: int, iteration: int = 1, **extra: Any) -> dict[str, Any]:
