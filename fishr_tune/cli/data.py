@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from fishr_tune.cli.common import exits_2_on_bad_input
+from fishr_tune.cli.common import RegistryHelpCommand, exits_2_on_bad_input
 from fishr_tune.errors import ConfigError
 
 
@@ -15,13 +15,18 @@ def data() -> None:
     """Image datasets in DomainBed's folders: download them (online) and check a data directory."""
 
 
-@data.command("download")
+def _download_help() -> str:
+    from fishr_tune.data.catalog import IMAGE_DATASETS
+
+    return f"Fetch, verify, unpack and count one of {', '.join(IMAGE_DATASETS)} (needs internet)."
+
+
+@data.command("download", cls=RegistryHelpCommand, help_from=lambda: _download_help())
 @click.argument("name")
 @click.option("--data-dir", required=True, help="Where the dataset folder goes (DATA_DIR/<dataset folder>/...).")
 @click.option("--keep-archives", is_flag=True, help="Keep the downloaded archives next to the data.")
 @exits_2_on_bad_input
 def data_download(name: str, data_dir: str, keep_archives: bool) -> None:
-    """Fetch, verify, unpack and count one of VLCS, PACS, OfficeHome, TerraIncognita, DomainNet (needs internet)."""
     from pathlib import Path
 
     from fishr_tune.data.download import check_data_dir, download_dataset

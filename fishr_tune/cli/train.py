@@ -8,18 +8,27 @@ from typing import Any
 
 import click
 
-from fishr_tune.cli.common import exits_2_on_bad_input
+from fishr_tune.cli.common import RegistryHelpOption, exits_2_on_bad_input, listing
 
+
+def _datasets() -> str:
+    from fishr_tune.data import DATASET_ENVIRONMENTS
+    from fishr_tune.training.config import TrainConfig
+
+    return listing(list(DATASET_ENVIRONMENTS), TrainConfig.model_fields["dataset"].default)
+
+
+def _algorithms() -> str:
+    from fishr_tune.algorithms import ALGORITHMS
+    from fishr_tune.training.config import TrainConfig
+
+    return listing(list(ALGORITHMS), TrainConfig.model_fields["algorithm"].default)
 
 @click.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="YAML file of the settings below; flags override it.")
-@click.option("--dataset",
-              help="ColoredMNIST-IRM (default), ColoredMNIST, RotatedMNIST, VLCS, PACS, OfficeHome, TerraIncognita or "
-                   "DomainNet.")
-@click.option("--algorithm",
-              help="A registered algorithm: ERM (default), Fishr, IRM, VREx, CORAL, MMD, DANN, CDANN, Fish, IDGM, "
-                   "GroupDRO or Mixup.")
+@click.option("--dataset", cls=RegistryHelpOption, help_from=lambda: f"{_datasets()}.")
+@click.option("--algorithm", cls=RegistryHelpOption, help_from=lambda: f"A registered algorithm: {_algorithms()}.")
 @click.option("--test-envs", help="Comma-separated held-out environment indices (default: 2).")
 @click.option("--hparams", "hparams_json", help='JSON object overriding hyperparameters, e.g. \'{"lambda": 1000}\'.')
 @click.option("--hparams-seed", type=int, help="0 (default): the registry's defaults; N>0: a random configuration.")

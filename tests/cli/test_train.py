@@ -82,6 +82,22 @@ def test_train_help_names_every_registered_algorithm() -> None:
     assert sorted(set(ALGORITHMS) - named) == []
 
 
+def test_help_lists_what_the_registries_hold_when_it_is_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One new file registering an algorithm (or one catalog entry) is all `--help` needs to list it."""
+    from fishr_tune.algorithms import ALGORITHMS
+    from fishr_tune.cli.common import listing
+    from fishr_tune.data import DATASET_ENVIRONMENTS
+    from fishr_tune.data.catalog import IMAGE_DATASETS
+
+    monkeypatch.setitem(ALGORITHMS, "FreshlyRegistered", ALGORITHMS["ERM"])
+    monkeypatch.setitem(DATASET_ENVIRONMENTS, "FreshDataset", ("a", "b"))
+    monkeypatch.setitem(IMAGE_DATASETS, "FreshImages", IMAGE_DATASETS["PACS"])
+    train_help = " ".join(invoke("train", "--help").output.split())
+    assert "IRM, Mixup, VREx or FreshlyRegistered." in train_help and "RotatedMNIST or FreshDataset." in train_help
+    assert "FreshImages (needs internet)" in " ".join(invoke("data", "download", "--help").output.split())
+    assert listing(["B", "A", "C"], "A") == "A (default), B or C" and listing(["A"], "A") == "A (default)"
+
+
 @pytest.mark.parametrize("algorithm", ["CORAL", "MMD", "DANN", "CDANN", "Fish", "IDGM", "GroupDRO", "Mixup"])
 def test_every_baseline_trains_through_the_cli(tmp_path, algorithm: str) -> None:
     out = tmp_path / "run"
