@@ -25,6 +25,7 @@ from fishr_tune.sweep.storage import SweepLocation
 from fishr_tune.sweep.tracking_callback import TrackingCallback, open_journal
 from fishr_tune.sweep.tracking_summary import finish_sweep_run
 from fishr_tune.sweep.trainable import dataset_key, sweep_trainable
+from fishr_tune.sweep.trial import RunSettings
 from fishr_tune.sweep.trial_logs import TRIAL_LOG_FILES, KeepTrialLogsOnRetry
 from fishr_tune.tracking.mlflow_ui import view_url
 from fishr_tune.yaml_io import parse_yaml
@@ -150,18 +151,16 @@ def run_sweep(
             check_ray_resources(spec)
         dataset_refs = share_datasets(datasets)
         del datasets
-        run_settings = {
-            "steps": settings.steps,
-            "checkpoint_freq": settings.checkpoint_freq,
-            "holdout_fraction": settings.holdout_fraction,
-            "label_noise": settings.label_noise,
-            # A trial that reserves a GPU trains on it; "auto" also lets it run where the GPU is only declared
-            # (Ray's fake multi-node clusters in the tests) instead of failing there.
-            "device": "auto" if settings.resources.gpu > 0 else "cpu",
-            "cpus_per_trial": settings.resources.cpu,
-            "system_metrics": settings.system_metrics,
-            "inconsistency_epsilon": settings.inconsistency_epsilon,
-        }
+        run_settings = RunSettings(
+            steps=settings.steps,
+            checkpoint_freq=settings.checkpoint_freq,
+            holdout_fraction=settings.holdout_fraction,
+            label_noise=settings.label_noise,
+            device="auto" if settings.resources.gpu > 0 else "cpu",
+            cpus_per_trial=settings.resources.cpu,
+            system_metrics=settings.system_metrics,
+            inconsistency_epsilon=settings.inconsistency_epsilon,
+        )
         resources = {"cpu": settings.resources.cpu, "gpu": settings.resources.gpu}
         wrapped = tune.with_resources(tune.with_parameters(trainable, dataset_refs=dataset_refs, run=run_settings), resources)
         progress = ProgressCallback(spec, stream)

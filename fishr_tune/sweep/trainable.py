@@ -20,7 +20,7 @@ from ray import tune
 from fishr_tune import records
 from fishr_tune.data import MultiDomainDataset
 from fishr_tune.sweep.schedule import SCHEDULER_METRIC, accuracy_resolution, scheduler_score
-from fishr_tune.sweep.trial import FAILURE_KEY, GROUP_KEY, TrialSpec
+from fishr_tune.sweep.trial import FAILURE_KEY, GROUP_KEY, RunSettings, TrialSpec
 from fishr_tune.training import CHECKPOINT_FILE, EVAL_CHUNK_SIZE, NonFiniteLossError, TrainConfig, Trainer
 
 STEPS_TRAINED = "steps_trained"
@@ -35,7 +35,7 @@ def dataset_key(trial_seed: int) -> str:
     return f"trial_seed={trial_seed}"
 
 
-def trial_train_config(trial: TrialSpec, run: Mapping[str, Any]) -> TrainConfig:
+def trial_train_config(trial: TrialSpec, run: RunSettings) -> TrainConfig:
     """The TrainConfig of one trial: the searcher's choice (`trial`) plus the sweep-wide settings (`run`)."""
     return TrainConfig(
         dataset=trial.dataset,
@@ -45,11 +45,11 @@ def trial_train_config(trial: TrialSpec, run: Mapping[str, Any]) -> TrainConfig:
         hparams_seed=0,
         trial_seed=trial.trial_seed,
         seed=trial.seed,
-        steps=int(run["steps"]),
-        checkpoint_freq=int(run["checkpoint_freq"]),
-        holdout_fraction=float(run["holdout_fraction"]),
-        label_noise=run.get("label_noise"),
-        device=str(run.get("device", "cpu")),
+        steps=run.steps,
+        checkpoint_freq=run.checkpoint_freq,
+        holdout_fraction=run.holdout_fraction,
+        label_noise=run.label_noise,
+        device=run.device,
     )
 
 
@@ -117,12 +117,12 @@ def scheduler_metrics(trainer: Trainer, record: Mapping[str, Any]) -> dict[str, 
 def run_trial(
     config: dict[str, Any],
     dataset_refs: Mapping[str, Any],
-    run: Mapping[str, Any],
+    run: RunSettings,
     after_report: AfterReport | None = None,
 ) -> None:
     """Train one configuration, reporting each record to Tune with a checkpoint of the full trainer state."""
     trial = TrialSpec.from_config(config)
-    torch.set_num_threads(max(1, int(run.get("cpus_per_trial", 1))))
+    torch.set_num_threads(max(1, int(run.cpus_per_trial)))
     dataset: MultiDomainDataset = ray.get(dataset_refs[dataset_key(trial.trial_seed)])
     trainer = Trainer(trial_train_config(trial, run), dataset=dataset)
     checkpoint = tune.get_checkpoint()
@@ -131,7 +131,7 @@ def run_trial(
             trainer.load_checkpoint(Path(directory) / CHECKPOINT_FILE)
     start_step = trainer.step
     system = None
-    if run.get("system_metrics"):
+    if run.system_metrics:
         from fishr_tune.sweep.system_metrics import SystemMetrics
 
         system = SystemMetrics()
@@ -141,9 +141,8 @@ def run_trial(
             metrics.update(scheduler_metrics(trainer, record))
             if system is not None:
                 metrics.update(system.take())
-            epsilon = run.get("inconsistency_epsilon")
-            if epsilon is not None and record[records.STEP] == trainer.steps - 1:
-                metrics.update(final_inconsistency(trainer, float(epsilon)))
+            if run.inconsistency_epsilon is not None and record[records.STEP] == trainer.steps - 1:
+                metrics.update(final_inconsistency(trainer, run.inconsistency_epsilon))
             with tempfile.TemporaryDirectory() as directory:
                 trainer.save_checkpoint(Path(directory) / CHECKPOINT_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
@@ -165,6 +164,6 @@ def run_trial(
             system.close()
 
 
-def sweep_trainable(config: dict[str, Any], dataset_refs: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+def sweep_trainable(config: dict[str, Any], dataset_refs: Mapping[str, Any], run: RunSettings) -> None:
     """The function trainable the runner hands to Tune (via tune.with_parameters)."""
     run_trial(config, dataset_refs, run)

@@ -1,5 +1,6 @@
-"""One trial's settings as the searcher chose them, typed: the group it belongs to and the TrialSpec that Tune
-carries as its config. A leaf of the sweep package, so search, trainable, tracking and analysis can all read it.
+"""One trial's settings, typed: the group it belongs to, the TrialSpec that Tune carries as its config (what the
+searcher chose), and the RunSettings every trial of the sweep shares. A leaf of the sweep package, so search,
+trainable, tracking and analysis can all read it.
 
 Tune's config must stay a plain dict: `to_config` / `from_config` convert at the boundary, with the keys sweeps
 have always written (resume, MLflow params and analyze read them).
@@ -77,3 +78,21 @@ class TrialSpec:
             hparams=dict(config["hparams"]),
             sample_index=int(config.get("sample_index", 0)),
         )
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every trial of a sweep shares (handed to each trainable once, through tune.with_parameters).
+
+    `device` is "auto" when trials reserve a GPU: a trial then trains on it, and also runs where a GPU is only
+    declared (Ray's fake multi-node clusters in the tests) instead of failing there.
+    """
+
+    steps: int
+    checkpoint_freq: int
+    holdout_fraction: float
+    label_noise: float | None = None
+    device: str = "cpu"
+    cpus_per_trial: float = 1
+    system_metrics: bool = False
+    inconsistency_epsilon: float | None = None

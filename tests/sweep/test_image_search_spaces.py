@@ -11,6 +11,7 @@ from fishr_tune.data.catalog import IMAGE_DATASETS
 from fishr_tune.hparams import hparam_space
 from fishr_tune.space import Distribution
 from fishr_tune.sweep.spec import load_spec
+from fishr_tune.sweep.trial import RunSettings
 
 SEARCH_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 STEMS = {"VLCS": "vlcs", "PACS": "pacs", "OfficeHome": "office_home", "TerraIncognita": "terra_incognita",
@@ -79,8 +80,8 @@ def test_every_image_search_space_starts_training(dataset: str, algorithm: str, 
     assert config["dataset"] == dataset and config["algorithm"] == algorithm
     assert set(hparam_space(algorithm, dataset)) >= set(config["hparams"]) >= {"lr", "batch_size"}
     config["hparams"].update(featurizer="resnet18", resnet_weights="none", image_size=32, batch_size=2)
-    run = {"steps": 2, "checkpoint_freq": 1, "holdout_fraction": spec.settings.holdout_fraction,
-           "label_noise": spec.settings.label_noise, "device": "cpu"}
+    run = RunSettings(steps=2, checkpoint_freq=1, holdout_fraction=spec.settings.holdout_fraction,
+                      label_noise=spec.settings.label_noise, device="cpu")
     train_config = trial_train_config(TrialSpec.from_config(config), run)
     write_synthetic_dataset(dataset, tmp_path / "data", classes=("a", "b"), images_per_class=3, size=(16, 16))
     data = get_dataset(dataset, data_dir=str(tmp_path / "data"), seed=config["trial_seed"])

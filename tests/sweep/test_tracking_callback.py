@@ -30,7 +30,7 @@ from fishr_tune.sweep.spec import build_spec
 from fishr_tune.sweep.tracking_callback import ACCURACY_PLOT, TrackingCallback
 from fishr_tune.sweep.tracking_summary import finish_sweep_run
 from fishr_tune.sweep.trainable import STEPS_TRAINED, dataset_key, trial_train_config
-from fishr_tune.sweep.trial import GROUP_KEY, TrialSpec
+from fishr_tune.sweep.trial import GROUP_KEY, RunSettings, TrialSpec
 from fishr_tune.tracking import MlflowJournal
 from fishr_tune.tracking.mlflow_ui import (
     DESCRIPTION_TAG,
@@ -68,7 +68,7 @@ def trial_config(lr: float, batch_size: int, seed: int) -> dict[str, Any]:
 
 def train_results(config: dict[str, Any], dataset: Any, upto: int) -> list[dict[str, Any]]:
     """The records a trial reports up to step `upto`, as Tune results."""
-    run = {"steps": STEPS, "checkpoint_freq": 100, "holdout_fraction": 0.2, "label_noise": None}
+    run = RunSettings(steps=STEPS, checkpoint_freq=100, holdout_fraction=0.2, label_noise=None)
     trainer = Trainer(trial_train_config(TrialSpec.from_config(config), run), dataset=dataset)
     results = []
     for record in trainer.records():
@@ -250,7 +250,7 @@ def test_analyze_logs_the_selected_checkpoint_as_a_loadable_model(recorded_sweep
     assert info.signature is not None and tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 2, 14, 14)
     assert info.run_id == selected_id
     # the loaded model's accuracy on the test environment's in split is the recorded one at the selected step
-    run = {"steps": 1, "checkpoint_freq": 1, "holdout_fraction": 0.2}
+    run = RunSettings(steps=1, checkpoint_freq=1, holdout_fraction=0.2)
     trainer = Trainer(trial_train_config(TrialSpec.from_config(trial_config(0.001, 32, 0)), run))
     x, y = trainer.splits[2]["in"]
     with torch.no_grad():

@@ -18,7 +18,7 @@ from fishr_tune.errors import ConfigError
 from fishr_tune.sweep.runner import build_datasets, run_sweep
 from fishr_tune.sweep.spec import build_spec
 from fishr_tune.sweep.trainable import dataset_key, final_inconsistency, trial_train_config
-from fishr_tune.sweep.trial import TrialSpec
+from fishr_tune.sweep.trial import RunSettings, TrialSpec
 from fishr_tune.training import CHECKPOINT_FILE, Trainer
 
 
@@ -44,8 +44,8 @@ def test_each_trial_logs_its_final_models_inconsistency_once(local_ray, tiny_swe
                   if r.data.tags.get(records.KIND_TAG) == records.KIND_TRIAL}
     assert len(trial_runs) == 2
     datasets = build_datasets(spec)
-    run_settings = {"steps": spec.settings.steps, "checkpoint_freq": spec.settings.checkpoint_freq,
-                    "holdout_fraction": spec.settings.holdout_fraction, "label_noise": spec.settings.label_noise}
+    run_settings = RunSettings(steps=spec.settings.steps, checkpoint_freq=spec.settings.checkpoint_freq,
+                               holdout_fraction=spec.settings.holdout_fraction, label_noise=spec.settings.label_noise)
     torch.set_num_threads(1)  # as the trial computed it (cpu: 1): the same reductions in the same order
     for trial_dir in Path(summary.experiment_dir).iterdir():
         if not (trial_dir / "params.json").is_file():
