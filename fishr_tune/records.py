@@ -278,6 +278,19 @@ def iter_files(root: str | os.PathLike[str]) -> Iterator[Path]:
     yield from sorted(Path(root).rglob(RESULTS_FILE))
 
 
+# A flat row's columns for a record's hparams and args (tables, Tune results, MLflow reads): `hparams.<name>`.
+HPARAM_PREFIX = f"{HPARAMS}."
+ARG_PREFIX = f"{ARGS}."
+
+
+def hparam_column(name: str) -> str:
+    return HPARAM_PREFIX + name
+
+
+def arg_column(name: str) -> str:
+    return ARG_PREFIX + name
+
+
 def flatten(record: Mapping[str, Any]) -> dict[str, Any]:
     """One flat row: hparams and args become `hparams.<name>` / `args.<name>` columns (for tables)."""
     row: dict[str, Any] = {}

@@ -43,7 +43,7 @@ class BestConfig:
         """Why rerunning this file would not give the selected run's records, or None when it would."""
         if not self.unknown:
             return None
-        names = ", ".join(f"args.{name}" for name in self.unknown)
+        names = ", ".join(records.arg_column(name) for name in self.unknown)
         return (f"the records of run {self.run} hold no {names} (e.g. an MLflow trial run without the {records.ARGS_TAG} tag), "
                 f"so `fishr-tune train` falls back to the default and will not reproduce step {self.step}")
 
@@ -71,12 +71,12 @@ def best_configs(prepared: pd.DataFrame, selected: pd.DataFrame, method: str) ->
     A run whose records lack a seed or split fraction still gets its file (the hyperparameters are the result),
     but `unknown` names what is missing so the file and the command say it does not reproduce the run.
     """
-    hparam_columns = [c for c in prepared.columns if str(c).startswith("hparams.")]
+    hparam_columns = [c for c in prepared.columns if str(c).startswith(records.HPARAM_PREFIX)]
     first = prepared.drop_duplicates(RUN).set_index(RUN)
     found = []
     for row in selected.to_dict("records"):
         run = first.loc[row[RUN]]
-        hparams = {c[len("hparams."):]: plain_value(run[c]) for c in hparam_columns if not is_missing(plain_value(run[c]))}
+        hparams = {c[len(records.HPARAM_PREFIX):]: plain_value(run[c]) for c in hparam_columns if not is_missing(plain_value(run[c]))}
         left_out: dict[str, Any] = {}
         try:  # a DomainBed run's names become ours; where they cannot, check_best_config says why
             hparams, left_out = to_our_names(hparams, str(row["dataset"]), f"run {row[RUN]}", from_records=True)
@@ -87,7 +87,7 @@ def best_configs(prepared: pd.DataFrame, selected: pd.DataFrame, method: str) ->
             "hparams": hparams, "hparams_seed": 0, "trial_seed": int(row["trial_seed"]),
         }
         for name in TRAIN_CONFIG_ARGS:
-            value: Any = plain_value(run.get(f"args.{name}")) if f"args.{name}" in run.index else None
+            value: Any = plain_value(run.get(records.arg_column(name))) if records.arg_column(name) in run.index else None
             if name == "steps":
                 value = int(run["steps"])
             if not is_missing(value):

@@ -122,8 +122,8 @@ def _mlflow_run_rows(client: Any, run: Any, sweep_args: Mapping[str, Any]) -> li
         args.update({"dataset": tags.get("dataset"), "algorithm": tags.get("algorithm"),
                      "test_envs": json.loads(tags.get("test_envs", "[]")), "trial_seed": int(tags.get("trial_seed", 0))})
     keep_strings = _string_hparams(str(args.get("algorithm")), str(args.get("dataset")))
-    base = {f"hparams.{k}": _decode_param(v, k in keep_strings) for k, v in run.data.params.items()}
-    base.update({f"args.{k}": v for k, v in args.items()})
+    base = {records.hparam_column(k): _decode_param(v, k in keep_strings) for k, v in run.data.params.items()}
+    base.update({records.arg_column(k): v for k, v in args.items()})
     base[RUN] = tags.get("ray_trial_id", run.info.run_id)
     base[MLFLOW_RUN_ID] = run.info.run_id
     by_step: dict[int, dict[str, Any]] = {}

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fishr_tune import records
 from fishr_tune.analysis.selection import SELECTION_METHODS, select, summarize_selected
 from fishr_tune.errors import ConfigError, quote
 
@@ -38,7 +39,8 @@ def is_missing(value: Any) -> bool:
 
 
 def _config_key(values: Mapping[str, Any]) -> str:
-    return json.dumps({k[len("hparams."):]: plain_value(v) for k, v in values.items() if not is_missing(v)}, sort_keys=True, default=str)
+    searched = {k[len(records.HPARAM_PREFIX):]: plain_value(v) for k, v in values.items() if not is_missing(v)}
+    return json.dumps(searched, sort_keys=True, default=str)
 
 
 def _test_envs_tuple(value: Any) -> tuple[int, ...]:
@@ -58,7 +60,7 @@ def selection_table(table: pd.DataFrame) -> pd.DataFrame:
     """
     if table.empty:
         raise ConfigError("no records: the source holds no checkpoint records")
-    needed = ["args.dataset", "args.algorithm", "args.test_envs", "args.trial_seed", "step", RUN]
+    needed = [*(records.arg_column(name) for name in ("dataset", "algorithm", "test_envs", "trial_seed")), records.STEP, RUN]
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise ConfigError(f"records lack {', '.join(missing)}: not fishr-tune or DomainBed records")
@@ -67,15 +69,15 @@ def selection_table(table: pd.DataFrame) -> pd.DataFrame:
     run_codes, run_names = pd.factorize(out[RUN], sort=False)
     first_rows = pd.Series(np.arange(len(out))).groupby(run_codes).first().to_numpy()
     runs = out.iloc[first_rows]
-    hparam_columns = sorted(c for c in out.columns if str(c).startswith("hparams."))
+    hparam_columns = sorted(c for c in out.columns if str(c).startswith(records.HPARAM_PREFIX))
     per_run = pd.DataFrame({
-        "dataset": runs["args.dataset"].astype(str).to_numpy(),
-        "algorithm": runs["args.algorithm"].astype(str).to_numpy(),
-        "test_envs": [_test_envs_tuple(v) for v in runs["args.test_envs"]],
-        "trial_seed": runs["args.trial_seed"].astype(int).to_numpy(),
+        "dataset": runs[records.arg_column("dataset")].astype(str).to_numpy(),
+        "algorithm": runs[records.arg_column("algorithm")].astype(str).to_numpy(),
+        "test_envs": [_test_envs_tuple(v) for v in runs[records.arg_column("test_envs")]],
+        "trial_seed": runs[records.arg_column("trial_seed")].astype(int).to_numpy(),
         # DomainBed breaks ties between runs by hparams_seed (selection.py); our sweeps' trials all have 0
-        "hparams_seed": (pd.to_numeric(runs["args.hparams_seed"], errors="coerce").fillna(0).astype(int).to_numpy()
-                         if "args.hparams_seed" in runs else np.zeros(len(runs), dtype=int)),
+        "hparams_seed": (pd.to_numeric(runs[records.arg_column("hparams_seed")], errors="coerce").fillna(0).astype(int).to_numpy()
+                         if records.arg_column("hparams_seed") in runs else np.zeros(len(runs), dtype=int)),
         "config": [_config_key(v) for v in runs[hparam_columns].to_dict("records")] if hparam_columns else "{}",
     })
     for column in per_run.columns:
@@ -85,8 +87,8 @@ def selection_table(table: pd.DataFrame) -> pd.DataFrame:
     last_step = out.groupby(run_codes)["step"].transform("max")
     # DomainBed records have no (or a null) args.steps: the longest run of the group sets the final step.
     inferred = out.groupby(["dataset", "algorithm", "trial_seed"])["step"].transform("max") + 1
-    if "args.steps" in out.columns:
-        planned = pd.to_numeric(out["args.steps"], errors="coerce")
+    if records.arg_column("steps") in out.columns:
+        planned = pd.to_numeric(out[records.arg_column("steps")], errors="coerce")
         out["steps"] = planned.fillna(inferred).astype(int)
     else:
         out["steps"] = inferred.astype(int)

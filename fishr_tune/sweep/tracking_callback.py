@@ -265,7 +265,7 @@ class TrackingCallback(Callback):
         self.logged[key].add(int(step))
         self.points[key].append({"step": int(step), **metrics})
         if key not in self.args_tagged:
-            args = {k[len("args."):]: v for k, v in result.items() if k.startswith("args.")}
+            args = {k[len(records.ARG_PREFIX):]: v for k, v in result.items() if k.startswith(records.ARG_PREFIX)}
             if args:
                 args.setdefault("data_dir", self.spec.settings.data_dir or os.environ.get("FISHR_TUNE_DATA"))
                 self.journal.set_tags(key, {records.ARGS_TAG: json.dumps(args, sort_keys=True, default=str)})

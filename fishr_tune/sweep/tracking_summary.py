@@ -60,8 +60,8 @@ def selected_trials(callback: TrackingCallback) -> dict[str, str]:
         meta = callback.meta.get(key)
         if meta is None:
             continue
-        args = {"args.dataset": meta.dataset, "args.algorithm": meta.algorithm, "args.test_envs": list(meta.test_envs),
-                "args.trial_seed": meta.trial_seed}
+        args = {records.arg_column("dataset"): meta.dataset, records.arg_column("algorithm"): meta.algorithm,
+                records.arg_column("test_envs"): list(meta.test_envs), records.arg_column("trial_seed"): meta.trial_seed}
         rows.extend({**args, **{k: v for k, v in point.items() if k.startswith("env")}, "step": point["step"], RUN: key}
                     for point in points)
     if not rows:
