@@ -26,12 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from fishr_tune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fishr_tune.algorithms.base import Algorithm
 
 N_FEATURES = 4
 TRAIN_DOMAINS = (0, 1)
@@ -121,7 +124,7 @@ def logit_difference(head: nn.Linear) -> tuple[list[float], float]:
 
 
 @torch.no_grad()
-def accuracy(algorithm: nn.Module, domains: Sequence[LinearDomain]) -> float:
+def accuracy(algorithm: Algorithm, domains: Sequence[LinearDomain]) -> float:
     correct = sum(int((algorithm.predict(d.x).argmax(dim=1) == d.y).sum()) for d in domains)
     return correct / sum(len(d.y) for d in domains)
 

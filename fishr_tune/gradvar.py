@@ -77,12 +77,13 @@ def moments_to_variance(
             raise ValueError("full_covariance needs param_sizes: one covariance block per parameter tensor")
         if sum(param_sizes) != grads.shape[1]:
             raise ValueError(f"param_sizes sum to {sum(param_sizes)}, but the gradients have {grads.shape[1]} columns")
+    column_sizes = list(param_sizes or ())
     out = []
     for chunk in torch.split(grads, list(domain_sizes)):
         if centered:
             chunk = chunk - chunk.mean(dim=0, keepdim=True)
         if full_covariance:
-            blocks = torch.split(chunk, list(param_sizes), dim=1)
+            blocks = torch.split(chunk, column_sizes, dim=1)
             out.append(torch.cat([(b.T @ b).flatten() / (b.shape[0] * b.shape[1]) for b in blocks]))
         else:
             out.append(chunk.pow(2).mean(dim=0))

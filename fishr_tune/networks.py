@@ -14,7 +14,13 @@ from torch import nn
 from fishr_tune.errors import ConfigError, quote
 
 
-class MLP(nn.Module):
+class FeatureExtractor(nn.Module):
+    """A featurizer: what the algorithms build their heads on needs only its output width."""
+
+    n_outputs: int
+
+
+class MLP(FeatureExtractor):
     """The IRM paper's MLP body: `hidden_layers` Linear+ReLU layers of `hidden_dim` units, Xavier init, zero bias."""
 
     def __init__(self, n_inputs: int, hidden_dim: int = 390, hidden_layers: int = 2):
@@ -34,7 +40,7 @@ class MLP(nn.Module):
         return self.layers(x.flatten(1))
 
 
-class MNIST_CNN(nn.Module):  # noqa: N801  (DomainBed's name, kept for users porting code)
+class MNIST_CNN(FeatureExtractor):  # noqa: N801  (DomainBed's name, kept for users porting code)
     """DomainBed's small CNN for 28x28 inputs: four 3x3 convolutions with GroupNorm, 128 features."""
 
     n_outputs = 128
@@ -113,14 +119,14 @@ def amp_unsupported_reason(amp: str, device: torch.device) -> str | None:
     return f"mixed precision is not supported on {device.type}"
 
 
-class Autocast(nn.Module):
+class Autocast(FeatureExtractor):
     """Runs a featurizer under bfloat16 autocast on its input's device and hands float32 features on.
 
     The head, the losses and every penalty (Fishr's gradient variances included) stay in float32, where their
     small differences survive.
     """
 
-    def __init__(self, body: nn.Module, dtype: torch.dtype):
+    def __init__(self, body: FeatureExtractor, dtype: torch.dtype):
         super().__init__()
         self.body = body
         self.dtype = dtype
@@ -168,7 +174,7 @@ def resolve_resnet_weights(arch: str, weights: str | None) -> Path | None:
     return path
 
 
-class ResNet(nn.Module):
+class ResNet(FeatureExtractor):
     """A torchvision ResNet without its fc layer. With `freeze_bn` (the default) BatchNorm stays in eval mode while
     training, as in the DomainBed version that the Fishr paper ran; DomainBed's current default is `freeze_bn: false`.
 
@@ -226,7 +232,7 @@ class ResNet(nn.Module):
                 module.eval()
 
 
-def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any]) -> nn.Module:  # noqa: N802
+def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any]) -> FeatureExtractor:  # noqa: N802
     """The featurizer that `hparams['featurizer']` names; it exposes `n_outputs`."""
     kind = hparams["featurizer"]
     amp = hparams.get("amp", "off")

@@ -14,7 +14,7 @@ checkpointed by training), as the Fish paper's Algorithm 1 samples the domains.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -52,7 +52,7 @@ class Fish(Algorithm):
         meta_state = self.network.state_dict()
         self.inner_network.load_state_dict(meta_state)
         inner_losses = []
-        order = range(len(minibatches))
+        order: Sequence[int] = range(len(minibatches))
         if self.hparams.get("fish_permute_domains", False):
             order = torch.randperm(len(minibatches)).tolist()  # torch's global generator: seeded, checkpointed
         for index in order:

@@ -142,9 +142,9 @@ def unpack(archive: Path, into: Path) -> None:
         if hasattr(tarfile, "data_filter"):
             tf.extractall(into, filter="data")
         else:  # Python without extraction filters: check the paths ourselves
-            for member in tf.getmembers():
-                if not (into / member.name).resolve().is_relative_to(into):
-                    raise ConfigError(f"{archive}: member {member.name!r} would unpack outside {into}")
+            for entry in tf.getmembers():
+                if not (into / entry.name).resolve().is_relative_to(into):
+                    raise ConfigError(f"{archive}: member {entry.name!r} would unpack outside {into}")
             tf.extractall(into)
 
 
@@ -330,7 +330,7 @@ def check_dataset(info: ImageDatasetInfo, data_dir: str | os.PathLike[str]) -> D
         report.status = "invalid"
         return report
     expected = info.images_per_env or ()
-    short = report.num_classes < info.num_classes or report.images < info.total_images or any(
+    short = (report.num_classes or 0) < info.num_classes or report.images < info.total_images or any(
         found < want for found, want in zip(report.environments.values(), expected)
     )
     if short:

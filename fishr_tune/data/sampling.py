@@ -3,6 +3,9 @@ class-balanced sampling (`class_balanced`), shared by the in-memory and the file
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 from torch.utils.data import WeightedRandomSampler
 
@@ -20,5 +23,6 @@ def draw_indices(size: int, batch_size: int, generator: torch.Generator, weights
     WeightedRandomSampler (DomainBed's InfiniteDataLoader with weights)."""
     if weights is None:
         return torch.randint(size, (batch_size,), generator=generator)
-    sampler = WeightedRandomSampler(weights, batch_size, replacement=True, generator=generator)
+    # torch's own stub asks for a sequence; the sampler takes a tensor as it is (torch.as_tensor)
+    sampler = WeightedRandomSampler(cast(Sequence[float], weights), batch_size, replacement=True, generator=generator)
     return torch.tensor(list(sampler), dtype=torch.long)

@@ -208,7 +208,8 @@ def _run_on_ray(
         for restart, seed in enumerate(seeds):
             dataset = first if restart == 0 else build_restart_dataset(seed, data_dir, config.label_noise)
             dataset_ref = ray.put(dataset)
-            pending += [task.remote(a, dataset_ref, restart, seed, config, max(1, int(cpus)), report_progress) for a in algorithms]
+            pending += [task.remote(a, dataset_ref, restart, seed, config, max(1, int(cpus)), report_progress)  # type: ignore[call-arg]
+                        for a in algorithms]  # Ray's stubs type .remote() up to 5 arguments
             del dataset
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
