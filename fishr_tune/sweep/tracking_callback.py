@@ -310,7 +310,7 @@ class TrackingCallback(Callback):
         if step >= self.spec.settings.steps - 1:
             self._finish(trial, "finished", "FINISHED")
         else:
-            # MLflow's UI shows KILLED as "Killed" with a grey icon, apart from the green "Finished" of complete runs.
+            # KILLED: MLflow 3.17 shows "Killed" (a red cross), so a stopped trial never passes for a complete one.
             by = " by ASHA" if self.spec.settings.scheduler.type == "asha" else ""
             self._finish(trial, f"stopped early at step {step}{by}", "KILLED")
 
