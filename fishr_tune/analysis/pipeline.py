@@ -7,7 +7,7 @@ prints comes before the next one's refusal, as the user reads it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +98,7 @@ class Analysis:
     summaries: dict[str, pd.DataFrame]
     varying: dict[tuple[str, str], list[str]]
     scores: dict[str, list[SelectedScore]] | None = None  # with --inconsistency
+    _best: dict[str, list[best_config.BestConfig]] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
         results = results_json(self.summaries)
@@ -109,6 +110,12 @@ class Analysis:
         if method not in self.selected:
             self.selected.update(table.selections(self.prepared, (method,)))
         return self.selected[method]
+
+    def best_configs(self, method: str) -> list[best_config.BestConfig]:
+        """Each selected group's run as a config: --best-config writes them, --log-model rebuilds them (built once)."""
+        if method not in self._best:
+            self._best[method] = best_config.best_configs(self.prepared, self.selected_by(method), method)
+        return self._best[method]
 
 
 def analyze(request: Request, source: Source) -> Analysis:
@@ -150,7 +157,7 @@ def write_best_configs(request: Request, analysis: Analysis) -> BestConfigs:
     """One group selected: the file at --best-config; several: one file per group next to it."""
     assert request.best_config is not None
     method = request.method_for_best
-    bests = best_config.best_configs(analysis.prepared, analysis.selected_by(method), method)
+    bests = analysis.best_configs(method)
     existed = Path(request.best_config).exists()
     written = best_config.write_best_configs(bests, request.best_config)
     files = [WrittenConfig(path, best_config.check_best_config(best), best.reproduction_problem())
@@ -162,9 +169,7 @@ def log_models(request: Request, source: Source, analysis: Analysis) -> list[Log
     from fishr_tune.analysis.mlflow_writer import log_selected_models
 
     assert source.sweep is not None
-    method = request.method_for_best
-    chosen = best_config.best_configs(analysis.prepared, analysis.selected_by(method), method)
-    return log_selected_models(source.sweep, analysis.prepared, chosen)
+    return log_selected_models(source.sweep, analysis.prepared, analysis.best_configs(request.method_for_best))
 
 
 @dataclass

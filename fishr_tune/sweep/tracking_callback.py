@@ -206,7 +206,7 @@ class TrackingCallback(Callback):
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         config = trial.config
         spec = TrialSpec.from_config(config)
-        group = _group_of(spec)
+        group = spec.selection_group()
         key = trial.trial_id
         digest = config_digest(config)
         previous = self.adoptable.pop(digest, None) if key not in self.started else None
@@ -288,7 +288,7 @@ class TrackingCallback(Callback):
         if points:
             plot = accuracy_curves(
                 points, list(spec.test_envs), DATASET_ENVIRONMENTS.get(spec.dataset, ()),
-                f"{trial_run_name(_group_of(spec), key)} — {status}", self.journal.directory / "plots" / key / ACCURACY_PLOT,
+                f"{trial_run_name(spec.selection_group(), key)} — {status}", self.journal.directory / "plots" / key / ACCURACY_PLOT,
             )
             self.journal.log_artifact(key, plot)
         self.journal.set_tags(key, {"status": status, DESCRIPTION_TAG: trial_description(spec, status, self.best.get(key))})
@@ -316,7 +316,3 @@ class TrackingCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._finish(trial, f"failed: {failure_reason(trial)}", "FAILED")
-
-
-def _group_of(spec: TrialSpec) -> Group:
-    return Group(spec.dataset, spec.algorithm, spec.test_envs, spec.trial_seed)

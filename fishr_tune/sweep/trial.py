@@ -54,6 +54,10 @@ class TrialSpec:
         return cls(group.key, group.dataset, group.algorithm, tuple(group.test_envs), group.trial_seed, seed,
                    dict(hparams), sample_index)
 
+    def selection_group(self) -> Group:
+        """The group this trial is selected in (its `group` field is that group's key)."""
+        return Group(self.dataset, self.algorithm, self.test_envs, self.trial_seed)
+
     def to_config(self) -> dict[str, Any]:
         return {
             GROUP_KEY: self.group,
